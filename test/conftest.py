@@ -11,6 +11,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Keep DDS discovery on this machine and give every test process its own domain, so parallel
+# test runs (and other ROS users on the machine) never hear each other. Set before rclpy loads.
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_LOG_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "mask3d_ros_test_logs"))
+
 
 def _shared_root() -> Path:
     return Path(os.environ.get("MASK3D_ROS_SHARED", REPO_ROOT.parent / "shared")).resolve()
