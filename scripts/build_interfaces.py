@@ -9,11 +9,12 @@ the venv as the ament prefix; and the installed `mask3d_ros/__init__.py` is made
 package path so the generated `mask3d_ros.msg` and the Python sources (an editable checkout)
 import as one package.
 
-Idempotent: does nothing when the installed interfaces are newer than msg/ and this script.
+Idempotent: does nothing when the interfaces were built from the same msg/ and build files.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -50,16 +51,21 @@ def fix_exported_cmake(prefix: Path) -> int:
     return changed
 
 
-def installed_marker(prefix: Path) -> Path:
-    return prefix / "share" / PACKAGE / "msg" / "InstanceArray.msg"
+def sources_digest() -> str:
+    """Digest of everything the generated interfaces depend on."""
+    digest = hashlib.sha256()
+    for path in [*sorted((REPO / "msg").glob("*.msg")), REPO / "CMakeLists.txt", REPO / "setup.cfg", Path(__file__)]:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def stamp_path(prefix: Path) -> Path:
+    return prefix / "share" / PACKAGE / ".interfaces-digest"
 
 
 def up_to_date(prefix: Path) -> bool:
-    marker = installed_marker(prefix)
-    if not marker.exists():
-        return False
-    sources = [*sorted((REPO / "msg").glob("*.msg")), REPO / "CMakeLists.txt", Path(__file__)]
-    return marker.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+    stamp = stamp_path(prefix)
+    return stamp.exists() and stamp.read_text().strip() == sources_digest()
 
 
 def build(prefix: Path, build_dir: Path) -> None:
@@ -114,6 +120,7 @@ def main() -> int:
     fixed = fix_exported_cmake(prefix)
     build(prefix, args.build_dir)
     remove_installed_sources(prefix)
+    stamp_path(prefix).write_text(sources_digest() + "\n")
     print(f"interfaces: built and installed into {prefix} ({fixed} CMake export files fixed)")
     return 0
 
