@@ -1,0 +1,254 @@
+"""From Mask3D's raw output (per-query class logits, per-voxel mask logits) to labelled segments.
+
+Three readings of the same output, as in Mask2Former:
+
+* ``instance_inference`` — the official Mask3D evaluation: optional DBSCAN splitting of each
+  query's mask, then the top-k (query, class) pairs by class probability, each scored
+  ``class prob x mean sigmoid inside the mask``. Masks may overlap; there is no NMS.
+* ``semantic_inference`` — each voxel takes ``argmax_c sum_i p_i(c) sigmoid(m_i)``.
+* ``panoptic_inference`` — each voxel goes to the query maximising ``p_i(c_i) sigmoid(m_i)``,
+  ``c_i`` its most likely class, so the instances do not overlap.
+
+All three return a :class:`Segmentation`: instance masks and per-voxel assignments, with per-point
+views through the voxelization's ``inverse_map``. Class ids are the model's class indices
+(0..K-1, no-object dropped); ``label_ids`` are the dataset ids after the optional remap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
+
+
+@dataclass
+class Segmentation:
+    """Instances of one cloud. Instance arrays are sorted by ``scores``, descending."""
+
+    mode: str
+    masks: np.ndarray               # bool [N_vox, M]: voxel v belongs to instance j
+    class_ids: np.ndarray           # int64 [M]: model class index
+    label_ids: np.ndarray           # int64 [M]: dataset label id (class_ids after the remap)
+    scores: np.ndarray              # float32 [M]
+    query_ids: np.ndarray           # int64 [M]: decoder query of the instance (-1: semantic segment)
+    voxel_instance: np.ndarray      # int64 [N_vox]: instance shown at the voxel (highest score), -1 none
+    inverse_map: np.ndarray | None = None   # int64 [N_points]: voxel of each point
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.scores)
+
+    def _per_voxel(self, per_instance: np.ndarray, none) -> np.ndarray:
+        values = np.full(len(self.voxel_instance), none, dtype=per_instance.dtype)
+        assigned = self.voxel_instance >= 0
+        values[assigned] = per_instance[self.voxel_instance[assigned]]
+        return values
+
+    @property
+    def voxel_class(self) -> np.ndarray:
+        return self._per_voxel(self.class_ids, -1)
+
+    @property
+    def voxel_label(self) -> np.ndarray:
+        return self._per_voxel(self.label_ids, -1)
+
+    @property
+    def voxel_score(self) -> np.ndarray:
+        return self._per_voxel(self.scores, 0.0)
+
+    def _to_points(self, per_voxel: np.ndarray) -> np.ndarray:
+        if self.inverse_map is None:
+            raise ValueError("this segmentation has no inverse_map, so no per-point view")
+        return per_voxel[self.inverse_map]
+
+    @property
+    def point_instance(self) -> np.ndarray:
+        return self._to_points(self.voxel_instance)
+
+    @property
+    def point_class(self) -> np.ndarray:
+        return self._to_points(self.voxel_class)
+
+    @property
+    def point_label(self) -> np.ndarray:
+        return self._to_points(self.voxel_label)
+
+    @property
+    def point_score(self) -> np.ndarray:
+        return self._to_points(self.voxel_score)
+
+    def point_masks(self) -> np.ndarray:
+        """bool ``[N_points, M]`` (allocated on demand: it can be large)."""
+        return self._to_points(self.masks)
+
+
+def class_probabilities(pred_logits: Tensor) -> Tensor:
+    """Softmax over classes with the no-object column dropped: ``[Q, K+1] -> [Q, K]``."""
+    return torch.softmax(pred_logits.float(), dim=-1)[:, :-1]
+
+
+def mean_sigmoid_inside(mask_logits: Tensor) -> Tensor:
+    """Per column of ``[N, M]`` logits: mean sigmoid over the entries with logit > 0."""
+    inside = (mask_logits > 0).float()
+    return (mask_logits.sigmoid() * inside).sum(0) / (inside.sum(0) + MASK_SCORE_EPS)
+
+
+def dbscan_split(mask_logits: Tensor, voxel_xyz: np.ndarray, eps: float) -> tuple[Tensor, list[np.ndarray]]:
+    """Split every query's positive voxels into DBSCAN clusters (``min_samples=1``) of their xyz.
+
+    Each cluster becomes a candidate mask that keeps its query's class probabilities and logits;
+    queries with empty masks are dropped, as in the official evaluation. Returns the source query
+    of each candidate and its voxel rows.
+    """
+    from sklearn.cluster import DBSCAN
+
+    positive = (mask_logits > 0).cpu().numpy()
+    sources, members = [], []
+    for query in range(positive.shape[1]):
+        rows = np.flatnonzero(positive[:, query])
+        if rows.size == 0:
+            continue
+        clusters = DBSCAN(eps=eps, min_samples=1).fit(voxel_xyz[rows]).labels_
+        for cluster in np.unique(clusters):
+            sources.append(query)
+            members.append(rows[clusters == cluster])
+    return torch.tensor(sources, dtype=torch.int64), members
+
+
+def _cluster_mask_scores(mask_logits: Tensor, source_query: Tensor, members: list[np.ndarray]) -> Tensor:
+    """The official mean sigmoid inside each cluster's mask (all its members are positive)."""
+    sizes = torch.tensor([len(rows) for rows in members], dtype=torch.int64)
+    if not members:
+        return mask_logits.new_zeros(0)
+    owner = torch.repeat_interleave(torch.arange(len(members)), sizes)
+    rows = torch.from_numpy(np.concatenate(members))
+    heat = mask_logits[rows.to(mask_logits.device), source_query[owner].to(mask_logits.device)].sigmoid()
+    sums = heat.new_zeros(len(members)).index_add_(0, owner.to(heat.device), heat)
+    return sums / (sizes.to(heat) + MASK_SCORE_EPS)
+
+
+def _first_covering(masks: np.ndarray) -> np.ndarray:
+    """Per row of a bool ``[N, M]`` array: the first column that is True, or -1."""
+    if masks.shape[1] == 0:
+        return np.full(masks.shape[0], -1, dtype=np.int64)
+    return np.where(masks.any(1), masks.argmax(1), -1)
+
+
+def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, score_threshold=0.0,
+            min_size=0, exclude_classes=(), class_to_label=None, inverse_map=None) -> Segmentation:
+    """Filter (class, score, size), sort by score and assemble the result."""
+    masks = masks.cpu().numpy().astype(bool)
+    class_ids = class_ids.cpu().numpy().astype(np.int64)
+    scores = scores.float().cpu().numpy()
+    query_ids = query_ids.cpu().numpy().astype(np.int64)
+    if inverse_map is not None:
+        inverse_map = np.asarray(inverse_map, dtype=np.int64)
+        voxel_weight = np.bincount(inverse_map, minlength=masks.shape[0])
+    else:
+        voxel_weight = np.ones(masks.shape[0], dtype=np.int64)
+    sizes = voxel_weight @ masks if masks.size else np.zeros(masks.shape[1], dtype=np.int64)
+    keep = (scores >= score_threshold) & (sizes >= min_size) & ~np.isin(class_ids, list(exclude_classes))
+    order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
+    masks, class_ids, scores, query_ids = masks[:, order], class_ids[order], scores[order], query_ids[order]
+    if voxel_instance is None:
+        voxel_instance = _first_covering(masks)     # instances are sorted: the highest scored one
+    else:
+        rank = np.full(len(keep) + 1, -1, dtype=np.int64)     # rank[-1] = -1 keeps unassigned voxels
+        rank[order] = np.arange(len(order))
+        voxel_instance = rank[voxel_instance]
+    label_ids = class_ids.copy() if class_to_label is None else np.asarray(class_to_label, np.int64)[class_ids]
+    return Segmentation(mode, masks, class_ids, label_ids, scores, query_ids,
+                        voxel_instance.astype(np.int64), inverse_map)
+
+
+def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 100,
+                       dbscan_eps: float | None = None, voxel_xyz: np.ndarray | None = None,
+                       score_threshold: float = 0.0, min_size: int = 0, exclude_classes=(),
+                       class_to_label=None, inverse_map=None) -> Segmentation:
+    """Official Mask3D instance scoring (``get_mask_and_scores``), optionally after DBSCAN.
+
+    ``pred_logits [Q, K+1]``, ``pred_masks [N_vox, Q]`` (logits). ``topk=-1`` keeps as many pairs
+    as there are candidate masks. ``dbscan_eps`` (needs ``voxel_xyz [N_vox, 3]``) splits masks.
+    Filters, applied after the top-k: ``score >= score_threshold``, at least ``min_size`` points
+    (voxels without ``inverse_map``), class not in ``exclude_classes``.
+    """
+    prob = class_probabilities(pred_logits)
+    masks = pred_masks.float()
+    if dbscan_eps:
+        if voxel_xyz is None:
+            raise ValueError("DBSCAN splitting needs voxel_xyz")
+        source_query, members = dbscan_split(masks, np.asarray(voxel_xyz), dbscan_eps)
+        mask_score = _cluster_mask_scores(masks, source_query, members)
+        prob = prob[source_query.to(prob.device)]
+    else:
+        source_query, members = torch.arange(masks.shape[1]), None
+        mask_score = mean_sigmoid_inside(masks)
+    num_candidates, num_classes = prob.shape
+    k = num_candidates if topk == -1 else min(topk, num_candidates * num_classes)
+    class_prob, flat = prob.flatten().topk(k, sorted=True)
+    candidate = flat // num_classes
+    if members is None:
+        binary = masks[:, candidate] > 0
+    else:
+        binary = torch.zeros((masks.shape[0], k), dtype=torch.bool)
+        for column, chosen in enumerate(candidate.tolist()):
+            binary[torch.from_numpy(members[chosen]), column] = True
+    return _finish("instance", binary, flat % num_classes, class_prob * mask_score[candidate],
+                   source_query[candidate.cpu()], score_threshold=score_threshold, min_size=min_size,
+                   exclude_classes=exclude_classes, class_to_label=class_to_label, inverse_map=inverse_map)
+
+
+def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *, class_to_label=None,
+                       inverse_map=None) -> Segmentation:
+    """Per-voxel class ``argmax_c sum_i p_i(c) sigmoid(m_i)``; one segment per predicted class.
+
+    A voxel's score is its winning class's share of the summed evidence (in [0, 1]); a segment's
+    score is the mean over its voxels.
+    """
+    evidence = pred_masks.float().sigmoid() @ class_probabilities(pred_logits)          # [N, K]
+    voxel_score, voxel_class = (evidence / evidence.sum(1, keepdim=True).clamp_min(1e-12)).max(1)
+    classes = torch.unique(voxel_class)
+    masks = voxel_class[:, None] == classes[None, :]
+    scores = (voxel_score[:, None] * masks).sum(0) / masks.sum(0)
+    segment = torch.searchsorted(classes, voxel_class)
+    return _finish("semantic", masks, classes, scores, torch.full_like(classes, -1),
+                   voxel_instance=segment.cpu().numpy(), class_to_label=class_to_label, inverse_map=inverse_map)
+
+
+def panoptic_inference(pred_logits: Tensor, pred_masks: Tensor, *, score_threshold: float = 0.0,
+                       overlap_threshold: float = 0.8, min_size: int = 0, class_to_label=None,
+                       inverse_map=None) -> Segmentation:
+    """Non-overlapping instances (Mask2Former's panoptic rule).
+
+    Queries whose most likely class (no-object included) is a real class with probability above
+    ``score_threshold`` compete; each voxel goes to ``argmax_i p_i(c_i) sigmoid(m_i)`` if that
+    query's own mask covers it (sigmoid >= 0.5). A query keeps its region only if the region is at
+    least ``overlap_threshold`` of its own mask and at least ``min_size`` points (voxels without
+    ``inverse_map``). Score = ``p_i(c_i) x`` mean sigmoid over the region.
+    """
+    prob_all = torch.softmax(pred_logits.float(), dim=-1)
+    best_prob, best_class = prob_all.max(1)
+    no_object = pred_logits.shape[1] - 1
+    candidates = torch.nonzero((best_class != no_object) & (best_prob > score_threshold))[:, 0]
+    heat = pred_masks.float()[:, candidates].sigmoid()
+    num_voxels = heat.shape[0]
+    if candidates.numel():
+        winner = (best_prob[candidates] * heat).argmax(1)
+        won = torch.zeros_like(heat, dtype=torch.bool)
+        won[torch.arange(num_voxels, device=heat.device), winner] = True
+        own = heat >= 0.5
+        regions = won & own
+    else:
+        regions = torch.zeros((num_voxels, 0), dtype=torch.bool, device=heat.device)
+        own = regions
+    region_size = regions.sum(0)
+    keep = (region_size > 0) & (region_size >= overlap_threshold * own.sum(0))
+    regions, candidates, heat = regions[:, keep], candidates[keep], heat[:, keep]
+    scores = best_prob[candidates] * (heat * regions).sum(0) / regions.sum(0)
+    return _finish("panoptic", regions, best_class[candidates], scores, candidates,
+                   voxel_instance=_first_covering(regions.cpu().numpy()), min_size=min_size,
+                   class_to_label=class_to_label, inverse_map=inverse_map)
