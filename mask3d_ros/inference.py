@@ -1,0 +1,188 @@
+"""The one place where the node meets the model: building a Segmenter from the parameters and
+turning its result into :class:`~mask3d_ros.outputs.InstanceSegmentation`.
+
+The node core only needs an object with ``segment(xyz, rgb) -> InstanceSegmentation``,
+``release()``, ``class_names`` and ``device`` (:class:`ModelRunner`); tests pass any such object.
+No rclpy here.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .outputs import InstanceSegmentation
+
+PACKAGE = "mask3d_ros"
+
+
+class ModelError(RuntimeError):
+    """The model cannot be built from the parameters (checkpoint, preset, device, backend)."""
+
+
+# A stand-in for the bundled tabletop model until it is trained: compact, fast, random weights.
+RANDOM_TABLETOP = {
+    "class_names": ("table", "object"),
+    "voxel_size": 0.01,
+    "num_queries": 20,
+    "topk": 20,
+    "backbone": "Res16UNet14A",
+    "backbone_width": 0.25,
+}
+
+
+def share_directory() -> Path | None:
+    """The package's share directory in a ROS install, or the source tree when run from it."""
+    try:
+        from ament_index_python.packages import get_package_share_directory  # noqa: PLC0415
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:  # noqa: BLE001 - not installed with colcon (or no ament_index)
+        source = Path(__file__).resolve().parents[1]
+        return source if (source / "package.xml").is_file() else None
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """An existing checkpoint file for ``path`` (absolute, share-relative or cwd-relative)."""
+    candidate = Path(os.path.expanduser(path))
+    tried = []
+    if candidate.is_absolute():
+        tried.append(candidate)
+    else:
+        share = share_directory()
+        if share is not None:
+            tried.append(share / candidate)
+        tried.append(Path.cwd() / candidate)
+    for option in tried:
+        if option.is_file():
+            return option
+    raise ModelError(f"model.checkpoint {path!r} not found (looked at: {', '.join(str(p) for p in tried)})")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device string for ``model.device``, or ModelError if it cannot be used."""
+    import torch  # noqa: PLC0415
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"model.device is {device!r} but CUDA is not available to torch {torch.__version__}"
+                             " (CPU-only build or no GPU); use model.device:=cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"model.device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def _random_tabletop_preset():
+    from mask3d_ros.decoder import Mask3DConfig  # noqa: PLC0415
+    from mask3d_ros.presets import SCANNET_COLOR_MEAN, SCANNET_COLOR_STD, Preset  # noqa: PLC0415
+
+    spec = RANDOM_TABLETOP
+    names = tuple(spec["class_names"])
+    return Preset(
+        name="tabletop-random",
+        model=Mask3DConfig(num_classes=len(names) + 1, num_labels=len(names), backbone=spec["backbone"],
+                           backbone_width=spec["backbone_width"], num_queries=spec["num_queries"]),
+        class_names=names, label_ids=tuple(range(len(names))), voxel_size=spec["voxel_size"],
+        color_mean=SCANNET_COLOR_MEAN, color_std=SCANNET_COLOR_STD, topk=spec["topk"], dbscan_eps=None)
+
+
+def segmenter_factory(config: Mapping[str, Any]) -> tuple[Callable[[], Any], str]:
+    """(a function building a fresh Segmenter, the device) from validated parameters.
+
+    Everything that can be checked without building the model is checked here (checkpoint file,
+    device, backend), so the node fails at start with a clear message.
+    """
+    from mask3d_ros import segmenter as segmenter_module  # noqa: PLC0415 - imports torch
+
+    device = resolve_device(config["model.device"])
+    preset_name = config["model.preset"]
+    checkpoint = resolve_checkpoint(config["model.checkpoint"]) if config["model.checkpoint"] else None
+    if checkpoint is None:
+        preset = _random_tabletop_preset() if preset_name == "tabletop" else preset_name
+    else:
+        preset = None if preset_name == "tabletop" else preset_name  # tabletop: the checkpoint describes itself
+    kwargs = {"device": device, "half": bool(config["model.half_precision"]), "mode": config["model.inference_mode"],
+              "random_weights": checkpoint is None}
+    backend = config["model.backend"]
+    accepts = inspect.signature(segmenter_module.Segmenter).parameters
+    if "backend" in accepts:
+        if backend != "auto":
+            kwargs["backend"] = backend
+    elif backend == "minkowski":
+        raise ModelError("model.backend 'minkowski' is not supported by this Segmenter version; use torch or auto")
+
+    def build():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the node reports random weights itself
+                return segmenter_module.Segmenter(preset, None if checkpoint is None else str(checkpoint), **kwargs)
+        except ModelError:
+            raise
+        except Exception as error:  # CheckpointError, ValueError from presets, ImportError of a backend
+            hint = ""
+            if preset is None and "name a preset" in str(error):
+                hint = (" (model.preset tabletop expects a checkpoint written by mask3d-ros-train, which describes"
+                        " its classes; for an official Mask3D checkpoint set model.preset to scannet, scannet200,"
+                        " s3dis or stpls3d)")
+            source = f"checkpoint {checkpoint}" if checkpoint else "random weights"
+            raise ModelError(f"cannot build the model (preset {preset_name!r}, {source}, device {device}):"
+                             f" {type(error).__name__}: {error}{hint}") from error
+
+    return build, device
+
+
+def from_segmentation(result, class_names) -> InstanceSegmentation:
+    """The Segmenter's Segmentation (per voxel + inverse_map) as per-point instances."""
+    timings = dict(getattr(result, "timings_ms", {}) or {})
+    return InstanceSegmentation.from_point_instances(
+        result.point_instance, result.class_ids, result.scores, class_names, timings)
+
+
+class ModelRunner:
+    """Owns the Segmenter: builds it (again after :meth:`release`) and converts its results.
+
+    Call :meth:`segment` and :meth:`release` from one thread (the inference worker).
+    """
+
+    def __init__(self, build: Callable[[], Any], device: str, random_weights: bool = False):
+        self._build = build
+        self.device = device
+        self.random_weights = random_weights
+        self._segmenter = None
+        self._lock = threading.Lock()
+        self.class_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ModelRunner":
+        build, device = segmenter_factory(config)
+        runner = cls(build, device, random_weights=not config["model.checkpoint"])
+        runner.load()
+        return runner
+
+    @property
+    def loaded(self) -> bool:
+        return self._segmenter is not None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._segmenter is None:
+                self._segmenter = self._build()
+                self.class_names = tuple(self._segmenter.preset.class_names)
+
+    def segment(self, xyz: np.ndarray, rgb: np.ndarray) -> InstanceSegmentation:
+        self.load()
+        return from_segmentation(self._segmenter.segment(xyz, rgb), self.class_names)
+
+    def release(self) -> None:
+        with self._lock:
+            if self._segmenter is not None:
+                self._segmenter.release()
+                self._segmenter = None
