@@ -92,5 +92,5 @@ class SetCriterion(nn.Module):
         for suffix, step_outputs in steps:
             losses = self.single_output_losses(step_outputs, targets)
             total = total + w.ce * losses["loss_ce"] + w.mask * losses["loss_mask"] + w.dice * losses["loss_dice"]
-            parts.update({name + suffix: float(value) for name, value in losses.items()})
+            parts.update({name + suffix: float(value.detach()) for name, value in losses.items()})
         return total, parts

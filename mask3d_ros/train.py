@@ -1,0 +1,291 @@
+"""Training Mask3D on labelled point clouds: the project's tabletop model and users' own data.
+
+One YAML file (``config/train_*.yaml``) says which scenes to learn from, the architecture, the
+voxel size and the optimisation; ``mask3d-ros-train CONFIG`` runs it on CPU or CUDA, shows the
+losses in a progress bar, and writes resumable checkpoints in the official Lightning layout
+(``state_dict`` with ``model.`` keys plus ``criterion.empty_weight``), which the strict loader
+reads like a released checkpoint. The architecture, label set and colour statistics travel in
+``hyper_parameters["mask3d_ros"]`` as plain Python values, so loading needs no pickled classes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from mask3d_ros.augment import AugmentConfig, augment_cloud
+from mask3d_ros.criterion import SceneTargets, SetCriterion
+from mask3d_ros.decoder import DegenerateSceneError, Mask3D, Mask3DConfig
+from mask3d_ros.voxel import voxelize
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; read from YAML, stored in every checkpoint."""
+
+    class_names: list[str]
+    model: dict = field(default_factory=dict)            # Mask3DConfig fields
+    voxel_size: float = 0.01
+    # Scene sources: {"dataset": "mosd"|"scannet"|"npz"|"ply", "paths": [globs]} or
+    # {"dataset": "synthetic", "count": N, "seed": S}.
+    data: list[dict] = field(default_factory=list)
+    stuff_classes: list[str] = field(default_factory=list)   # trained as one mask per scene
+    topk: int = 100                   # inference: top-k (query, class) pairs kept
+    dbscan_eps: float | None = None   # inference: DBSCAN split distance in metres (None: off)
+    iterations: int = 2000
+    batch_size: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 0.0
+    augment: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "build/train"
+    checkpoint_every: int = 500
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def model_config(self) -> Mask3DConfig:
+        return Mask3DConfig(**{**self.model, "num_classes": len(self.class_names) + 1})
+
+
+@dataclass
+class TrainingSample:
+    """One voxelized scene as the model and the criterion consume it."""
+
+    coords: torch.Tensor      # [N, 3] int32 voxel coordinates
+    features: torch.Tensor    # [N, 3] normalised colour
+    raw_xyz: torch.Tensor     # [N, 3] representative points, metres
+    targets: SceneTargets
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_training_scenes(config: TrainConfig, base: Path) -> list:
+    """Read every scene the config names (relative paths are relative to ``base``, the cwd)."""
+    from mask3d_ros import datasets, synthetic
+
+    scenes = []
+    for source in config.data:
+        kind = source["dataset"]
+        if kind == "synthetic":
+            first = int(source.get("seed", 0))
+            scenes += [synthetic.generate_frame(seed).to_scene(f"synthetic_{seed}")
+                       for seed in range(first, first + int(source["count"]))]
+            continue
+        paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern)))
+        if not paths:
+            raise FileNotFoundError(f"no {kind} scenes match {source['paths']} (relative to {base})")
+        scenes += [datasets.load_scene(p, dataset=kind) for p in paths]
+    if not scenes:
+        raise ValueError("the training config names no scenes")
+    for scene in scenes:
+        if tuple(scene.class_names) != tuple(config.class_names):
+            raise ValueError(f"scene {scene.name} has classes {scene.class_names}, the config {config.class_names}")
+    return scenes
+
+
+def colour_statistics(scenes: list) -> tuple[list[float], list[float]]:
+    """Colour mean and std in [0, 1] over all points (the official ``color_mean_std`` recipe)."""
+    total = sum(len(s.rgb) for s in scenes)
+    mean = sum(s.rgb.astype(np.float64).sum(0) for s in scenes) / (255.0 * total)
+    mean_sq = sum(((s.rgb.astype(np.float64) / 255.0) ** 2).sum(0) for s in scenes) / total
+    std = np.sqrt(np.maximum(mean_sq - mean ** 2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def build_targets(semantic: np.ndarray, instance: np.ndarray, class_names: list[str],
+                  stuff_classes: list[str]) -> SceneTargets:
+    """Instance masks over voxels: every instance id > 0, plus one mask per present stuff class.
+
+    semantic/instance are the representative point's labels of each voxel (as the official
+    voxelization takes them); semantic -1 means unlabelled and is never a target.
+    """
+    classes, masks = [], []
+    for inst in np.unique(instance[instance > 0]):
+        member = instance == inst
+        labels = semantic[member]
+        labels = labels[labels >= 0]
+        if labels.size == 0:
+            continue
+        classes.append(int(np.bincount(labels).argmax()))
+        masks.append(member)
+    for name in stuff_classes:
+        member = (semantic == class_names.index(name)) & (instance <= 0)
+        if member.any():
+            classes.append(class_names.index(name))
+            masks.append(member)
+    mask_array = np.stack(masks) if masks else np.zeros((0, semantic.shape[0]), dtype=bool)
+    return SceneTargets(classes=torch.as_tensor(classes, dtype=torch.long),
+                        masks=torch.as_tensor(mask_array, dtype=torch.float32))
+
+
+def prepare_sample(scene, config: TrainConfig, colour_mean: np.ndarray, colour_std: np.ndarray,
+                   rng: np.random.Generator | None, device: torch.device) -> TrainingSample:
+    """Augment (when ``rng`` is given), voxelize, normalise colour, build voxel-level targets."""
+    xyz, rgb, keep = scene.xyz, scene.rgb, np.arange(len(scene.xyz))
+    if rng is not None:
+        xyz, rgb, keep = augment_cloud(xyz, rgb, rng, AugmentConfig(**config.augment))
+    coords, unique_map, _ = voxelize(xyz, config.voxel_size)
+    features = (rgb[unique_map].astype(np.float32) / 255.0 - colour_mean) / colour_std
+    point_rows = keep[unique_map]
+    targets = build_targets(scene.semantic[point_rows], scene.instance[point_rows],
+                            config.class_names, config.stuff_classes)
+    return TrainingSample(
+        coords=torch.as_tensor(coords, device=device),
+        features=torch.as_tensor(features, dtype=torch.float32, device=device),
+        raw_xyz=torch.as_tensor(xyz[unique_map], dtype=torch.float32, device=device),
+        targets=SceneTargets(targets.classes.to(device), targets.masks.to(device)),
+    )
+
+
+def checkpoint_dict(model: Mask3D, criterion: SetCriterion, config: TrainConfig, colour: tuple,
+                    step: int, optimizer=None, scheduler=None) -> dict:
+    """The official Lightning layout, plus this project's model description."""
+    state = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    state["criterion.empty_weight"] = criterion.empty_weight.detach().cpu()
+    ckpt = {
+        "state_dict": state,
+        "global_step": step,
+        "hyper_parameters": {"mask3d_ros": {
+            "model": dataclasses.asdict(model.config),
+            "class_names": list(config.class_names),
+            "stuff_classes": list(config.stuff_classes),
+            "voxel_size": config.voxel_size,
+            "topk": config.topk,
+            "dbscan_eps": config.dbscan_eps,
+            "color_mean": list(colour[0]),
+            "color_std": list(colour[1]),
+            "train_config": dataclasses.asdict(config),
+        }},
+    }
+    if optimizer is not None:
+        ckpt["optimizer_states"] = [optimizer.state_dict()]
+        ckpt["lr_schedulers"] = [scheduler.state_dict()]
+    return ckpt
+
+
+def train(config: TrainConfig, base: Path, resume: Path | None = None, progress: bool = True,
+          scenes: list | None = None, augment: bool = True) -> dict:
+    """Run the training loop; returns the last checkpoint dict and writes checkpoints to out_dir.
+
+    ``scenes`` replaces the config's data sources (tests); ``augment=False`` trains on the scenes as
+    they are.
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    scenes = scenes if scenes is not None else load_training_scenes(config, base)
+    colour = colour_statistics(scenes)
+    colour_mean, colour_std = (np.asarray(c, dtype=np.float32) for c in colour)
+
+    model = Mask3D(config.model_config()).to(device).train()
+    criterion = SetCriterion(len(config.class_names)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.iterations)
+    start = 0
+    if resume is not None:
+        ckpt = torch.load(resume, map_location=device, weights_only=True)
+        model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+        optimizer.load_state_dict(ckpt["optimizer_states"][0])
+        scheduler.load_state_dict(ckpt["lr_schedulers"][0])
+        start = int(ckpt["global_step"])
+        rng = np.random.default_rng([config.seed, start])
+
+    out_dir = Path(config.out_dir)
+    if not out_dir.is_absolute():
+        out_dir = base / out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order: list[int] = []
+    history: list[dict] = []
+    bar = tqdm(range(start, config.iterations), initial=start, total=config.iterations, disable=not progress,
+               desc="train", dynamic_ncols=True)
+    began = time.perf_counter()
+    for step in bar:
+        outputs, targets = [], []
+        while len(outputs) < config.batch_size:
+            if not order:
+                order = list(rng.permutation(len(scenes)))
+            sample = prepare_sample(scenes[order.pop()], config, colour_mean, colour_std,
+                                    rng if augment else None, device)
+            try:
+                outputs.append(model(sample.coords, sample.features, sample.raw_xyz))
+            except DegenerateSceneError:
+                continue
+            targets.append(sample.targets)
+        loss, parts = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        record = {"step": step + 1, "loss": float(loss.detach()), **{k: parts[k] for k in ("loss_ce", "loss_mask", "loss_dice")}}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", ce=f"{record['loss_ce']:.3f}",
+                        mask=f"{record['loss_mask']:.3f}", dice=f"{record['loss_dice']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.iterations:
+            ckpt = checkpoint_dict(model, criterion, config, colour, step + 1, optimizer, scheduler)
+            torch.save(ckpt, out_dir / "last.ckpt")
+    ckpt = checkpoint_dict(model, criterion, config, colour, config.iterations, optimizer, scheduler)
+    ckpt["history"] = history
+    ckpt["train_seconds"] = time.perf_counter() - began
+    return ckpt
+
+
+def export_weights(ckpt_path: Path, out_path: Path) -> None:
+    """Write a checkpoint without optimizer state (what ships under model/)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    slim = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "global_step")}
+    torch.save(slim, out_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mask3d-ros-train", description="Train Mask3D from a YAML config.")
+    parser.add_argument("config", type=Path, help="training config, e.g. config/train_tabletop.yaml; "
+                        "relative paths inside it are taken from the current directory")
+    parser.add_argument("--resume", type=Path, help="continue from a checkpoint written by this command")
+    parser.add_argument("--iterations", type=int, help="override the config's iteration count")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--out-dir", help="override the config's output directory")
+    parser.add_argument("--export", type=Path, help="also write the final weights (no optimizer state) here")
+    args = parser.parse_args(argv)
+    config = TrainConfig.from_yaml(args.config)
+    for name in ("iterations", "device", "out_dir"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    ckpt = train(config, base=Path.cwd(), resume=args.resume)
+    out_dir = Path.cwd() / config.out_dir
+    minutes = ckpt["train_seconds"] / 60
+    first, last = ckpt["history"][0]["loss"], np.mean([h["loss"] for h in ckpt["history"][-20:]])
+    print(f"trained {config.iterations} iterations in {minutes:.1f} min; loss {first:.3f} -> {last:.3f}; "
+          f"checkpoint {out_dir / 'last.ckpt'}")
+    if args.export:
+        export_weights(out_dir / "last.ckpt", args.export)
+        print(f"exported weights to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
