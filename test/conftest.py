@@ -13,8 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Keep DDS discovery on this machine and give every test process its own domain, so parallel
 # test runs (and other ROS users on the machine) never hear each other. Set before rclpy loads.
+# Domains 1..101 keep Fast DDS's ports below Linux's ephemeral range (32768+).
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
 os.environ.setdefault("ROS_LOG_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "mask3d_ros_test_logs"))
 
 
