@@ -650,7 +650,7 @@ def main(args=None) -> int:
     try:
         node = Mask3DNode()
     except params.ParameterError as error:
-        logger.fatal(f"{error}\nNot starting. Fix the parameters (see `ros2 param describe` or docs/node.md).")
+        logger.fatal(f"{error}\nNot starting. Fix the parameters (see `ros2 param describe` or README.md).")
         rclpy.try_shutdown()
         return 2
     except (ModelError, ImportError) as error:

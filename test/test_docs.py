@@ -22,11 +22,7 @@ def parameter_rows(text: str):
 
 
 def documents():
-    docs = [REPO / "docs" / "node.md"]
-    readme = REPO / "README.md"
-    if readme.is_file() and "<!-- parameters:begin" in readme.read_text():
-        docs.append(readme)  # once the lead merged the node docs into the README
-    return docs
+    return [REPO / "README.md"]
 
 
 @pytest.mark.parametrize("doc", documents(), ids=lambda p: p.name)
