@@ -36,6 +36,10 @@ RANDOM_TABLETOP = {
 }
 
 
+BUNDLED_CHECKPOINT = "model/mask3d_tabletop.ckpt"
+"""The project's own tabletop model, relative to the package share directory (or the source tree)."""
+
+
 def share_directory() -> Path | None:
     """The package's share directory in a ROS install, or the source tree when run from it."""
     try:
@@ -62,6 +66,11 @@ def resolve_checkpoint(path: str) -> Path:
         if option.is_file():
             return option
     raise ModelError(f"model.checkpoint {path!r} not found (looked at: {', '.join(str(p) for p in tried)})")
+
+
+def bundled_checkpoint() -> Path:
+    """The bundled model's file, or ModelError naming where it was looked for."""
+    return resolve_checkpoint(BUNDLED_CHECKPOINT)
 
 
 def resolve_device(device: str) -> str:

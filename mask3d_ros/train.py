@@ -270,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--out-dir", help="override the config's output directory")
     parser.add_argument("--export", type=Path, help="also write the final weights (no optimizer state) here")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; use 1 when "
+                        "other processes share the cores: waiting threads slow every step down)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = TrainConfig.from_yaml(args.config)
     for name in ("iterations", "device", "out_dir"):
         if getattr(args, name) is not None:

@@ -87,8 +87,9 @@ def evaluate_scenes(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mask3d-ros-eval", description=__doc__.split("\n\n")[0])
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="Mask3D checkpoint (ours describe themselves; official ones need --preset)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--checkpoint", help="Mask3D checkpoint (default: the bundled tabletop model; ours describe "
+                      "themselves, official ones need --preset)")
     what.add_argument("--baseline", action="store_true", help="the classical RANSAC + DBSCAN baseline")
     parser.add_argument("--preset", help="preset of an official checkpoint: scannet, scannet200, s3dis, stpls3d")
     parser.add_argument("--device", default="auto", help="torch device for the model (default auto)")
@@ -116,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
         predict, predictor = baseline.predict_scene, "baseline"
     else:
-        predict = SegmenterPredictor(args.checkpoint, args.preset, args.device).predict_scene
-        predictor = args.checkpoint
+        from mask3d_ros.inference import bundled_checkpoint  # noqa: PLC0415
+
+        checkpoint = args.checkpoint or str(bundled_checkpoint())
+        predict = SegmenterPredictor(checkpoint, args.preset, args.device).predict_scene
+        predictor = checkpoint
     options = {"label_map": json.loads(args.label_map.read_text())} if args.label_map else {}
     start = time.perf_counter()
     result = evaluate_scenes(frames, args.dataset, predict, args.min_region_size,

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("scene", type=Path, help="input .pcd or .ply with x, y, z and colour")
     parser.add_argument("--preset", help="scannet, scannet200, s3dis or stpls3d (optional when the "
                         "checkpoint describes itself)")
-    parser.add_argument("--checkpoint", type=Path, help="Lightning .ckpt or state dict")
+    parser.add_argument("--checkpoint", type=Path, help="Lightning .ckpt or state dict (default: the bundled "
+                        "tabletop model, unless --preset or --random-weights is given)")
     parser.add_argument("--out", type=Path, required=True, help="output .ply")
     parser.add_argument("--png", type=Path, help="also draw the instances into this PNG")
     parser.add_argument("--queries", type=int, help="number of queries (preset's eval value by default)")
@@ -128,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     from mask3d_ros.segmenter import Segmenter
 
     began = time.perf_counter()
+    if args.checkpoint is None and args.preset is None and not args.random_weights:
+        from mask3d_ros.inference import bundled_checkpoint
+
+        args.checkpoint = bundled_checkpoint()
     _progress(f"[1/4] reading {args.scene}")
     points, xyz, rgb, valid = read_scene(args.scene)
     _progress(f"      {len(xyz):,} points with finite xyz of {valid.size:,}")
@@ -160,11 +165,12 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mask3d_ros.checkpoint import CheckpointError
+    from mask3d_ros.inference import ModelError
     from mask3d_ros.pointfile import PointFileError
 
     try:
         return run(args)
-    except (CheckpointError, PointFileError, ValueError, OSError) as err:
+    except (CheckpointError, ModelError, PointFileError, ValueError, OSError) as err:
         print(f"mask3d-ros-segment: error: {err}", file=sys.stderr)
         return 2
 
