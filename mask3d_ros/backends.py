@@ -1,13 +1,14 @@
 """Optional MinkowskiEngine backend: the same Res16UNet built from ME layers, same state_dict.
 
 Used to cross-check the pure-PyTorch engine and to compare speed. ME 0.5.4 is a CPU/CUDA C++
-extension built from source (see `INSTALL_HINT`); it predates Python 3.10, so the aliases that
-moved to `collections.abc` are restored before importing it.
+extension built from source (see `INSTALL_HINT`); it predates Python 3.10, so the
+`collections.Sequence` alias it imports is restored first.
 """
 from __future__ import annotations
 
 import collections
 import collections.abc
+import warnings
 
 import torch
 
@@ -22,11 +23,12 @@ INSTALL_HINT = (
 
 def import_minkowski():
     """Import MinkowskiEngine, or raise ImportError naming the install command."""
-    for name in ("Sequence", "Mapping", "MutableMapping", "Iterable"):
-        if not hasattr(collections, name):
-            setattr(collections, name, getattr(collections.abc, name))
+    if not hasattr(collections, "Sequence"):  # ME does `from collections import Sequence`
+        collections.Sequence = collections.abc.Sequence
     try:
-        import MinkowskiEngine
+        with warnings.catch_warnings():  # "compiled with CPU_ONLY flag" on every CPU build
+            warnings.simplefilter("ignore", UserWarning)
+            import MinkowskiEngine
     except ImportError as error:
         raise ImportError(f"the 'minkowski' backend needs MinkowskiEngine 0.5.4; install it with: {INSTALL_HINT}") from error
     return MinkowskiEngine
@@ -51,10 +53,15 @@ def minkowski_kit() -> LayerKit:
 
 
 def to_minkowski(x: SparseTensor):
-    """The stride-1 `SparseTensor` as an ME tensor of batch 0 (same row order)."""
+    """The stride-1 `SparseTensor` as an ME tensor of batch 0 (same row order).
+
+    Its coordinate manager gets torch's thread count: ME otherwise resets the shared OpenMP pool
+    to OMP_NUM_THREADS or the CPU count.
+    """
     ME = import_minkowski()
     batch = torch.zeros_like(x.coords[:, :1])
-    return ME.SparseTensor(x.feats, coordinates=torch.cat([batch, x.coords], dim=1).int())
+    manager = ME.CoordinateManager(D=3, num_threads=torch.get_num_threads())
+    return ME.SparseTensor(x.feats, coordinates=torch.cat([batch, x.coords], dim=1).int(), coordinate_manager=manager)
 
 
 def from_minkowski(tensor, manager: CoordinateManager) -> SparseTensor:

@@ -45,6 +45,10 @@ class Mask3DConfig:
     hlevels: tuple[int, ...] = (0, 1, 2, 3)   # backbone levels attended, 0 = coarsest
     gauss_scale: float = 1.0
     backbone_width: float = 1.0     # channel scale, only for the compact Res16UNet14A
+    # Normalise with each scene's own statistics at inference too. Models trained one scene per
+    # step (this project's) learn per-scene normalisation, which population statistics do not
+    # reproduce; the released models (batches of 5 scenes) use their running statistics.
+    per_scene_norm: bool = False
 
 
 class PointwiseConv(nn.Module):
@@ -178,6 +182,21 @@ class Mask3D(nn.Module):
         self.ffn_attention = per_level(lambda _: FFNLayer(dim, config.dim_feedforward, drop))
         self.lin_squeeze = per_level(lambda level: nn.Linear(sizes[level], dim))
         self.decoder_norm = nn.LayerNorm(dim)
+
+    def train(self, mode: bool = True) -> "Mask3D":
+        """As ``nn.Module.train``; with ``per_scene_norm`` the batch norms keep using the current
+        scene's statistics in eval mode, leaving their stored running statistics untouched."""
+        super().train(mode)
+        for norm in self.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                scene_statistics = self.config.per_scene_norm and not mode
+                if scene_statistics and not hasattr(norm, "_training_momentum"):
+                    norm._training_momentum = norm.momentum
+                    norm.momentum = 0.0          # running statistics stay as trained
+                elif not scene_statistics and hasattr(norm, "_training_momentum"):
+                    norm.momentum = norm.__dict__.pop("_training_momentum")
+                norm.training = mode or scene_statistics
+        return self
 
     def forward(self, voxel_coords: Tensor, features: Tensor, raw_xyz: Tensor, **decode_options) -> dict:
         """Run one cloud: ``voxel_coords [N, 3]`` int (stride-1 voxels), ``features [N, in_channels]``,

@@ -138,9 +138,23 @@ def _first_covering(masks: np.ndarray) -> np.ndarray:
     return np.where(masks.any(1), masks.argmax(1), -1)
 
 
+def _suppress_duplicates(masks: np.ndarray, voxel_weight: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Keep-flags of score-sorted masks [N, M]: drop each mask whose point IoU with a kept,
+    higher-scored mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
+    weighted = masks.astype(np.float64) * voxel_weight[:, None]
+    intersection = masks.T.astype(np.float64) @ weighted
+    size = np.diag(intersection)
+    iou = intersection / np.maximum(size[:, None] + size[None, :] - intersection, 1e-12)
+    keep = np.ones(masks.shape[1], dtype=bool)
+    for j in range(1, masks.shape[1]):
+        keep[j] = not (iou[j, :j][keep[:j]] > iou_threshold).any()
+    return keep
+
+
 def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, score_threshold=0.0,
-            min_size=0, exclude_classes=(), class_to_label=None, inverse_map=None) -> Segmentation:
-    """Filter (class, score, size), sort by score and assemble the result."""
+            min_size=0, exclude_classes=(), class_to_label=None, inverse_map=None,
+            duplicate_iou: float | None = None) -> Segmentation:
+    """Filter (class, score, size, optionally duplicates), sort by score and assemble the result."""
     masks = masks.cpu().numpy().astype(bool)
     class_ids = class_ids.cpu().numpy().astype(np.int64)
     scores = scores.float().cpu().numpy()
@@ -153,6 +167,8 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
     sizes = voxel_weight @ masks if masks.size else np.zeros(masks.shape[1], dtype=np.int64)
     keep = (scores >= score_threshold) & (sizes >= min_size) & ~np.isin(class_ids, list(exclude_classes))
     order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
+    if duplicate_iou is not None and len(order):
+        order = order[_suppress_duplicates(masks[:, order], voxel_weight, duplicate_iou)]
     masks, class_ids, scores, query_ids = masks[:, order], class_ids[order], scores[order], query_ids[order]
     if voxel_instance is None:
         voxel_instance = _first_covering(masks)     # instances are sorted: the highest scored one
@@ -168,13 +184,15 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
 def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 100,
                        dbscan_eps: float | None = None, voxel_xyz: np.ndarray | None = None,
                        score_threshold: float = 0.0, min_size: int = 0, exclude_classes=(),
-                       class_to_label=None, inverse_map=None) -> Segmentation:
+                       class_to_label=None, inverse_map=None, duplicate_iou: float | None = None) -> Segmentation:
     """Official Mask3D instance scoring (``get_mask_and_scores``), optionally after DBSCAN.
 
     ``pred_logits [Q, K+1]``, ``pred_masks [N_vox, Q]`` (logits). ``topk=-1`` keeps as many pairs
     as there are candidate masks. ``dbscan_eps`` (needs ``voxel_xyz [N_vox, 3]``) splits masks.
     Filters, applied after the top-k: ``score >= score_threshold``, at least ``min_size`` points
-    (voxels without ``inverse_map``), class not in ``exclude_classes``.
+    (voxels without ``inverse_map``), class not in ``exclude_classes``, and with
+    ``duplicate_iou`` no point IoU above it with a higher-scored instance (off by default,
+    as in the released evaluation: Mask3D has no NMS).
     """
     prob = class_probabilities(pred_logits)
     masks = pred_masks.float()
@@ -199,7 +217,8 @@ def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 1
             binary[torch.from_numpy(members[chosen]), column] = True
     return _finish("instance", binary, flat % num_classes, class_prob * mask_score[candidate],
                    source_query[candidate.cpu()], score_threshold=score_threshold, min_size=min_size,
-                   exclude_classes=exclude_classes, class_to_label=class_to_label, inverse_map=inverse_map)
+                   exclude_classes=exclude_classes, class_to_label=class_to_label, inverse_map=inverse_map,
+                   duplicate_iou=duplicate_iou)
 
 
 def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *, class_to_label=None,

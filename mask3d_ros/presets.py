@@ -50,6 +50,7 @@ class Preset:
     label_offset: int = 0                # training: dataset label - offset = model class
     filter_out_classes: tuple[int, ...] = ()   # training: dataset classes without instances
     exclude_classes: tuple[int, ...] = ()      # model classes never reported (never supervised)
+    duplicate_iou: float | None = None     # drop duplicates above this point IoU (None: off)
     label_ids_known: bool = True
     color_stats_known: bool = True
 
@@ -124,4 +125,4 @@ def preset_from_description(description: dict, name: str = "checkpoint") -> Pres
         label_ids=tuple(range(len(class_names))), voxel_size=float(description["voxel_size"]),
         color_mean=tuple(description["color_mean"]), color_std=tuple(description["color_std"]),
         topk=int(description.get("topk", model_fields.get("num_queries", 100))),
-        dbscan_eps=description.get("dbscan_eps"))
+        dbscan_eps=description.get("dbscan_eps"), duplicate_iou=description.get("duplicate_iou"))

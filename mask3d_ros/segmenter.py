@@ -176,7 +176,7 @@ class Segmenter:
         return postprocess.instance_inference(
             logits, masks, topk=preset.topk, dbscan_eps=preset.dbscan_eps or None, voxel_xyz=voxel_xyz,
             score_threshold=self.score_threshold, min_size=self.min_points,
-            exclude_classes=preset.exclude_classes, **common)
+            exclude_classes=preset.exclude_classes, duplicate_iou=preset.duplicate_iou, **common)
 
     def release(self) -> None:
         """Drop the model and return its GPU memory; the Segmenter cannot be used afterwards."""

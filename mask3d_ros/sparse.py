@@ -5,7 +5,7 @@ coordinates. It owns the coordinate sets of every tensor stride (1, 2, 4, ...), 
 maps between consecutive strides and the neighbour tables ("kernel maps") of the convolutions, and
 caches them, so every layer at a given stride reuses the same tables.
 
-Conventions (MinkowskiEngine, see docs/mask3d-reference §2.4):
+Conventions (MinkowskiEngine's; Mask3D reference notes §2.4):
 - coordinates are int64 `[N, 3]` (x, y, z) in stride-1 voxel units; rows of stride s are multiples
   of s, and the parent of `c` at stride 2s is `floor(c / 2s) * 2s` (true floor, negative-safe);
 - row order: stride 1 keeps the given order (the voxelizer's first-occurrence order); every
@@ -124,9 +124,9 @@ class _Level:
         return self.order, self.sorted_keys
 
     def lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows holding `keys` (any shape, inside the padded grid) and a mask of which keys exist."""
+        """Rows holding `keys` (any shape, inside the padded grid; int32 or int64) and a mask of which exist."""
         if self.table is not None:
-            rows = self.table[keys].long()
+            rows = self.table[keys]
             return rows, rows >= 0
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=self.sorted_keys.numel() - 1)
         found = self.sorted_keys[pos] == keys
@@ -196,7 +196,7 @@ class CoordinateManager:
         found &= inside  # clamped outside coordinates could alias a border voxel
         if not bool(found.all()):
             raise KeyError(f"{int((~found).sum())} coordinates are not voxels of stride {stride}")
-        return rows
+        return rows.long()
 
     def num_rows(self, stride: int = 1) -> int:
         return self._level(stride).coords.shape[0]
@@ -232,22 +232,18 @@ class CoordinateManager:
         offsets = kernel_offsets(kernel_size).to(self.device)
         centre = offsets.shape[0] // 2
         query_rows, query_keys = level.queries()
+        num_rows = query_keys.numel()
         neighbour_rows, found = level.lookup(query_keys[None, :] + level.grid.offset_keys(offsets[:centre])[:, None])
-        offset_ids, query_ids = found.nonzero(as_tuple=True)
-        in_rows = neighbour_rows[offset_ids, query_ids]
-        out_rows = query_rows[query_ids]
+        flat = found.view(-1).nonzero().squeeze(1)  # (offset, query) order: grouped by offset
         counts = found.sum(1).tolist()
-        mirrored_in = torch.cat(list(reversed(out_rows.split(counts))))
-        mirrored_out = torch.cat(list(reversed(in_rows.split(counts))))
-        num_rows = level.coords.shape[0]
-        return PairMap(
-            in_rows=torch.cat([in_rows, mirrored_in]),
-            out_rows=torch.cat([out_rows, mirrored_out]),
-            bounds=_group_bounds(counts + [0] + counts[::-1]),
-            num_in=num_rows,
-            num_out=num_rows,
-            identity=centre,
-        )
+        half = flat.numel()
+        in_rows = torch.empty(2 * half, dtype=torch.int64, device=self.device)
+        out_rows = torch.empty_like(in_rows)
+        in_rows[:half] = neighbour_rows.view(-1)[flat]
+        torch.take(query_rows, flat % num_rows, out=out_rows[:half])
+        torch.cat(list(reversed(out_rows[:half].split(counts))), out=in_rows[half:])
+        torch.cat(list(reversed(in_rows[:half].split(counts))), out=out_rows[half:])
+        return PairMap(in_rows, out_rows, _group_bounds(counts + [0] + counts[::-1]), num_rows, num_rows, centre)
 
     def down_map(self, stride: int) -> PairMap:
         """Pairs of the kernel-2 stride-2 convolution from `stride` to `2*stride`: child -> parent by bit.
@@ -278,8 +274,8 @@ class SparseTensor:
     def __init__(self, feats: Tensor, coords: Tensor | None = None, stride: int = 1,
                  manager: CoordinateManager | None = None):
         if manager is None:
-            if coords is None:
-                raise ValueError("a SparseTensor needs coords or a manager")
+            if coords is None or stride != 1:
+                raise ValueError("without a manager, a SparseTensor needs its stride-1 coords")
             manager = CoordinateManager(coords)
         self.manager = manager
         self.stride = stride
@@ -347,9 +343,16 @@ def _kernel_grad(feats: Tensor, grad_out: Tensor, pairs: PairMap) -> Tensor:
     grad_weight = feats.new_zeros(len(pairs.bounds), feats.shape[1], grad_out.shape[1])
     if pairs.identity is not None:
         torch.mm(feats.t(), grad_out, out=grad_weight[pairs.identity])
+    largest = max(end - start for start, end in pairs.bounds)
+    gathered_feats = feats.new_empty(largest, feats.shape[1])
+    gathered_grads = grad_out.new_empty(largest, grad_out.shape[1])
     for k, (start, end) in enumerate(pairs.bounds):
-        if end > start:
-            torch.mm(feats[pairs.in_rows[start:end]].t(), grad_out[pairs.out_rows[start:end]], out=grad_weight[k])
+        if end == start:
+            continue
+        rows = end - start
+        torch.index_select(feats, 0, pairs.in_rows[start:end], out=gathered_feats[:rows])
+        torch.index_select(grad_out, 0, pairs.out_rows[start:end], out=gathered_grads[:rows])
+        torch.mm(gathered_feats[:rows].t(), gathered_grads[:rows], out=grad_weight[k])
     return grad_weight
 
 

@@ -35,11 +35,13 @@ class TrainConfig:
     model: dict = field(default_factory=dict)            # Mask3DConfig fields
     voxel_size: float = 0.01
     # Scene sources: {"dataset": "mosd"|"scannet"|"npz"|"ply", "paths": [globs]} or
-    # {"dataset": "synthetic", "count": N, "seed": S}.
+    # {"dataset": "synthetic", "count": N, "seed": S}; "repeat": R shows a source R times per epoch.
     data: list[dict] = field(default_factory=list)
+    init_from: str | None = None      # start from these weights (a checkpoint of the same architecture)
     stuff_classes: list[str] = field(default_factory=list)   # trained as one mask per scene
     topk: int = 100                   # inference: top-k (query, class) pairs kept
     dbscan_eps: float | None = None   # inference: DBSCAN split distance in metres (None: off)
+    duplicate_iou: float | None = None   # inference: drop duplicate masks above this IoU
     iterations: int = 2000
     batch_size: int = 1
     lr: float = 1e-4
@@ -89,13 +91,14 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
         kind = source["dataset"]
         if kind == "synthetic":
             first = int(source.get("seed", 0))
-            scenes += [synthetic.generate_frame(seed).to_scene(f"synthetic_{seed}")
-                       for seed in range(first, first + int(source["count"]))]
-            continue
-        paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern)))
-        if not paths:
-            raise FileNotFoundError(f"no {kind} scenes match {source['paths']} (relative to {base})")
-        scenes += [datasets.load_scene(p, dataset=kind) for p in paths]
+            loaded = [synthetic.generate_frame(seed).to_scene(f"synthetic_{seed}")
+                      for seed in range(first, first + int(source["count"]))]
+        else:
+            paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern)))
+            if not paths:
+                raise FileNotFoundError(f"no {kind} scenes match {source['paths']} (relative to {base})")
+            loaded = [datasets.load_scene(p, dataset=kind) for p in paths]
+        scenes += loaded * int(source.get("repeat", 1))
     if not scenes:
         raise ValueError("the training config names no scenes")
     for scene in scenes:
@@ -173,6 +176,7 @@ def checkpoint_dict(model: Mask3D, criterion: SetCriterion, config: TrainConfig,
             "voxel_size": config.voxel_size,
             "topk": config.topk,
             "dbscan_eps": config.dbscan_eps,
+            "duplicate_iou": config.duplicate_iou,
             "color_mean": list(colour[0]),
             "color_std": list(colour[1]),
             "train_config": dataclasses.asdict(config),
@@ -205,6 +209,9 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.iterations)
     start = 0
+    if config.init_from and resume is None:
+        init = torch.load(base / config.init_from, map_location=device, weights_only=True)
+        model.load_state_dict({k[len("model."):]: v for k, v in init["state_dict"].items() if k.startswith("model.")})
     if resume is not None:
         ckpt = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})

@@ -3,23 +3,30 @@
 
 Prints a markdown table: one 3x3x3 64->64 convolution (scan-like surface and uniform inputs,
 neighbour map cached / including the map build / forward+backward) and the Res16UNet34C backbone
-forward (parity input and a ~150k-voxel synthetic room), best of N runs because the machine is
+forward (parity input and a ~167k-voxel synthetic room), best of N interleaved runs because the machine is
 noisy. Peak memory of a backbone forward is measured in a fresh subprocess per backend as the
-growth of `ru_maxrss` (tracemalloc does not see torch or ME allocations).
+growth of the resident-set high-water mark (VmHWM, reset just before the forward; tracemalloc
+does not see torch or ME allocations).
 
-    python scripts/bench_sparse.py [--repeats 10] [--parity-dir ../shared/fixtures/mask3d_parity]
+    python scripts/bench_sparse.py [--repeats 10] [--threads 2] [--parity-dir ../shared/fixtures/mask3d_parity]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # ME resets OpenMP to this (or the CPU count) per manager
+
+def _threads_from_argv(default: int = 2) -> int:
+    """`--threads N` is needed before torch and ME start their OpenMP pools."""
+    return int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else default
+
+
+os.environ["OMP_NUM_THREADS"] = str(_threads_from_argv())  # ME resets OpenMP to this per manager
 
 import numpy as np
 import torch
@@ -87,55 +94,55 @@ def room_cloud(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, torch.randn(coords.shape[0], 3, generator=torch.Generator().manual_seed(seed))
 
 
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
+def race(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best time (ms) of each closure, interleaved run by run so load spikes hit every backend alike."""
+    times = {name: [] for name in runs}
+    for name, run in runs.items():
+        run()  # warm-up (allocator, lazily built maps)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * min(values) for name, values in times.items()}
 
 
 def load_minkowski():
     try:
-        from mask3d_ros.backends import from_minkowski, import_minkowski, to_minkowski
-        return import_minkowski(), to_minkowski, from_minkowski
+        from mask3d_ros.backends import import_minkowski, to_minkowski
+        return import_minkowski(), to_minkowski
     except ImportError:
         return None
 
 
 def conv_rows(name: str, coords: torch.Tensor, repeats: int, minkowski) -> list[list[str]]:
+    """One 64->64 3x3x3 conv: map cached, map built per call (manager included), forward + backward."""
     conv = SparseConv(64, 64, 3)
     feats = torch.randn(coords.shape[0], 64)
-    manager = CoordinateManager(coords)
-    x = SparseTensor(feats, stride=1, manager=manager)
-    with torch.inference_mode():
-        results = {"torch": {
-            "cached": best_ms(lambda: conv(x), repeats),
-            "build": best_ms(lambda: conv(SparseTensor(feats, coords)), repeats),
-        }}
-    x_grad = SparseTensor(feats.clone().requires_grad_(), stride=1, manager=manager)
-    results["torch"]["backward"] = best_ms(lambda: conv(x_grad).feats.sum().backward(), repeats)
+    x = SparseTensor(feats, coords)
+    x_grad = x.replace(feats.clone().requires_grad_())
+    runs = {
+        ("torch", "cached"): lambda: conv(x),
+        ("torch", "build"): lambda: conv(SparseTensor(feats, coords)),
+    }
+    backward_runs = {("torch", "backward"): lambda: conv(x_grad).feats.sum().backward()}
     if minkowski is not None:
-        ME, to_minkowski, _ = minkowski
+        ME, to_minkowski = minkowski
         me_conv = ME.MinkowskiConvolution(64, 64, kernel_size=3, dimension=3)
         me_conv.kernel.data.copy_(conv.kernel.data)
         me_x = to_minkowski(x)
-        with torch.inference_mode():
-            me_conv(me_x)  # builds and caches the kernel map in me_x's manager
-            results["minkowski"] = {
-                "cached": best_ms(lambda: me_conv(me_x), repeats),
-                "build": best_ms(lambda: me_conv(to_minkowski(SparseTensor(feats, stride=1, manager=manager))), repeats),
-            }
         me_x_grad = ME.SparseTensor(feats.clone().requires_grad_(), coordinate_map_key=me_x.coordinate_map_key,
                                     coordinate_manager=me_x.coordinate_manager)
-        results["minkowski"]["backward"] = best_ms(lambda: me_conv(me_x_grad).F.sum().backward(), repeats)
-    rows = []
-    for backend, timing in results.items():
-        rows.append([f"conv 3x3x3 64->64, {name} ({coords.shape[0]:,} voxels)", backend,
-                     f"{timing['cached']:.1f}", f"{timing['build']:.1f}", f"{timing['backward']:.1f}", ""])
-    return rows
+        runs[("minkowski", "cached")] = lambda: me_conv(me_x)
+        runs[("minkowski", "build")] = lambda: me_conv(to_minkowski(x))
+        backward_runs[("minkowski", "backward")] = lambda: me_conv(me_x_grad).F.sum().backward()
+    with torch.inference_mode():
+        timing = race(runs, repeats)
+    timing.update(race(backward_runs, repeats))
+    backends = ["torch"] + (["minkowski"] if minkowski is not None else [])
+    return [[f"conv 3x3x3 64->64, {name} ({coords.shape[0]:,} voxels)", backend,
+             *(f"{timing[(backend, column)]:.1f}" for column in ("cached", "build", "backward")), ""]
+            for backend in backends]
 
 
 def backbone_for(backend: str) -> torch.nn.Module:
@@ -154,15 +161,16 @@ def backbone_forward(backend: str, coords: torch.Tensor, feats: torch.Tensor):
     net = backbone_for(backend)
     if backend == "torch":
         return lambda: net(SparseTensor(feats, coords))
-    _, to_minkowski, _ = load_minkowski()
+    _, to_minkowski = load_minkowski()
     stride1 = SparseTensor(feats, coords)
     return lambda: net(to_minkowski(stride1))
 
 
 def peak_memory_mb(backend: str, input_name: str, parity_dir: Path) -> float:
     """Growth of max RSS during one backbone forward, in a fresh process."""
-    result = subprocess.run([sys.executable, __file__, "--memory-probe", backend, input_name,
-                             "--parity-dir", str(parity_dir)], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, __file__, "--memory-probe", backend, input_name, "--parity-dir",
+                             str(parity_dir), "--threads", str(torch.get_num_threads())],
+                            capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -174,23 +182,32 @@ def inputs(parity_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return clouds
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
 def memory_probe(backend: str, input_name: str, parity_dir: Path) -> None:
+    """Print the peak RSS growth (MB) of one forward, after resetting the high-water mark (Linux)."""
     coords, feats = inputs(parity_dir)[input_name]
     run = backbone_forward(backend, coords, feats)
     with torch.inference_mode():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = _status_kib("VmRSS")
         run()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)
+        print((_status_kib("VmHWM") - before) / 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="torch and OpenMP threads (default 2)")
     parser.add_argument("--parity-dir", type=Path, default=DEFAULT_PARITY_DIR)
     parser.add_argument("--memory-probe", nargs=2, metavar=("BACKEND", "INPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.memory_probe:
         memory_probe(*args.memory_probe, args.parity_dir)
         return
@@ -200,15 +217,16 @@ def main() -> None:
     rows = conv_rows("surface", surface_cloud(), args.repeats, minkowski)
     rows += conv_rows("uniform", uniform_cloud(), args.repeats, minkowski)
     for input_name, (coords, feats) in sorted(inputs(args.parity_dir).items()):
+        runs = {backend: backbone_forward(backend, coords, feats) for backend in backends}
+        with torch.inference_mode():
+            timing = race(runs, args.repeats if coords.shape[0] < 10_000 else max(3, args.repeats // 3))
         for backend in backends:
-            run = backbone_forward(backend, coords, feats)
-            with torch.inference_mode():
-                forward_ms = best_ms(run, max(3, args.repeats // 2))
             memory = peak_memory_mb(backend, input_name, args.parity_dir)
             rows.append([f"Res16UNet34C forward, {input_name} ({coords.shape[0]:,} voxels)", backend,
-                         "", f"{forward_ms:.1f}", "", f"{memory:.0f}"])
+                         "", f"{timing[backend]:.1f}", "", f"{memory:.0f}"])
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}; times in ms\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeats} interleaved runs "
+          f"(room: {max(3, args.repeats // 3)}); times in ms\n")
     header = ["case", "backend", "map cached", "incl. map build", "fwd + bwd (map cached)", "peak RSS growth (MB)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -114,3 +114,17 @@ def test_panoptic_drops_mostly_covered_queries_and_handles_nothing_left():
         assert size >= 0.8 * (MASKS[:, q] >= 0).sum()
     empty = panoptic_inference(logits_for([[0.1, 0.1, 0.8]]), MASKS[:, :1])
     assert empty.num_instances == 0 and (empty.voxel_instance == -1).all()
+
+
+def test_duplicate_suppression_keeps_the_best_of_overlapping_masks():
+    """Optional (off by default, as officially): masks overlapping a higher-scored one are dropped."""
+    logits = torch.tensor([[4.0, -4.0], [3.0, -4.0], [2.0, -4.0]])      # 3 queries, 1 class + no-object
+    masks = torch.full((10, 3), -5.0)
+    masks[:6, 0] = 5.0          # query 0: voxels 0-5
+    masks[:5, 1] = 5.0          # query 1: voxels 0-4 (IoU 5/6 with query 0)
+    masks[6:, 2] = 5.0          # query 2: voxels 6-9 (disjoint)
+    everything = instance_inference(logits, masks, topk=3)
+    assert sorted(everything.query_ids.tolist()) == [0, 1, 2]
+    deduplicated = instance_inference(logits, masks, topk=3, duplicate_iou=0.5)
+    assert deduplicated.query_ids.tolist() == [0, 2]
+    assert instance_inference(logits, masks, topk=3, duplicate_iou=0.9).num_instances == 3

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mask3d_ros import sparse
 from mask3d_ros.sparse import (
     CoordinateManager,
     SparseBatchNorm,
@@ -16,6 +17,14 @@ from mask3d_ros.sparse import (
 
 GRID_ORIGIN = -16  # a multiple of every stride tested, so dense stride-2 windows are ME's parents
 GRID_SIZE = 32
+
+
+@pytest.fixture(params=["dense-table", "binary-search"])
+def lookup(request, monkeypatch):
+    """Run a test with both neighbour indexes (small test clouds get the dense table by default)."""
+    if request.param == "binary-search":
+        monkeypatch.setattr(sparse, "_DENSE_CELLS_PER_VOXEL", 0)
+    return request.param
 
 
 def random_cloud(seed: int, num_points: int = 300, extent: int = 8) -> torch.Tensor:
@@ -75,21 +84,32 @@ def test_kernel_offsets_follow_minkowski_order():
                                           [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]
 
 
-def test_kernel_index_picks_the_neighbour_at_that_offset():
-    """out[p] += in[p + offset_k] @ W[k]: a single neighbour at +x (scaled by the stride) uses W[14]."""
+@pytest.mark.parametrize("kernel_size, direction, expected_index", [
+    (3, (1, 0, 0), 14), (3, (0, 1, 0), 16), (3, (0, 0, 1), 22), (3, (-1, 0, 0), 12), (5, (1, 0, 0), 63),
+])
+def test_kernel_index_picks_the_neighbour_at_that_offset(kernel_size, direction, expected_index, lookup):
+    """out[p] += in[p + offset_k] @ W[k] with k = i_x + K i_y + K^2 i_z, offsets scaled by the stride."""
     for stride in (1, 4):
-        coords = torch.tensor([[0, 0, 0], [stride, 0, 0]])
-        manager = CoordinateManager(coords // stride * stride) if stride == 1 else CoordinateManager(coords)
-        conv = SparseConv(1, 1, 3).double()
+        neighbour_coords = torch.tensor([direction]) * stride
+        manager = CoordinateManager(torch.cat([torch.zeros(1, 3, dtype=torch.long), neighbour_coords]))
+        conv = SparseConv(1, 1, kernel_size).double()
         with torch.no_grad():
-            conv.kernel.copy_(torch.arange(27, dtype=torch.float64).view(27, 1, 1))
-        level_coords = manager.coords(stride)
-        feats = torch.zeros(level_coords.shape[0], 1, dtype=torch.float64)
-        neighbour = manager.rows(torch.tensor([[stride, 0, 0]]), stride)
-        origin = manager.rows(torch.tensor([[0, 0, 0]]), stride)
-        feats[neighbour] = 1.0
+            conv.kernel.copy_(torch.arange(kernel_size**3, dtype=torch.float64).view(-1, 1, 1))
+        feats = torch.zeros(2, 1, dtype=torch.float64)
+        feats[manager.rows(neighbour_coords, stride)] = 1.0
         out = conv(SparseTensor(feats, stride=stride, manager=manager)).feats
-        assert out[origin].item() == 14.0  # i_x = 2, i_y = 1, i_z = 1 -> 2 + 3 + 9
+        assert out[manager.rows(torch.zeros(1, 3), stride)].item() == expected_index
+
+
+def test_strided_kernel_index_is_the_child_offset_bit():
+    """Kernel-2 stride-2: child at parent + s * (bx, by, bz) uses W[bx + 2 by + 4 bz], also below zero."""
+    children = torch.tensor([[-4, -4, -4], [-2, -4, -4], [-4, -2, -2]])  # stride 2, parent (-4, -4, -4) at 4
+    manager = CoordinateManager(children)
+    conv = SparseConv(1, 1, kernel_size=2, stride=2).double()
+    with torch.no_grad():
+        conv.kernel.copy_(10.0 ** torch.arange(8, dtype=torch.float64).view(8, 1, 1))
+    x = SparseTensor(torch.ones(manager.num_rows(2), 1, dtype=torch.float64), stride=2, manager=manager)
+    assert conv(x).feats.item() == 1 + 10 + 10**6
 
 
 def test_coordinate_levels_use_true_floor_parents():
@@ -114,7 +134,7 @@ def test_coarse_levels_are_sorted_and_independent_of_input_order():
         assert bool((keys[1:] > keys[:-1]).all())
 
 
-def test_rejects_duplicates_and_unknown_coordinates():
+def test_rejects_duplicates_and_unknown_coordinates(lookup):
     with pytest.raises(ValueError, match="duplicate"):
         CoordinateManager(torch.tensor([[0, 0, 0], [0, 0, 0]]))
     manager = CoordinateManager(torch.tensor([[0, 0, 0], [3, 1, 2]]))
@@ -133,7 +153,7 @@ def test_maps_are_cached_per_stride():
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_submanifold_conv_matches_dense_conv3d(stride, kernel_size):
+def test_submanifold_conv_matches_dense_conv3d(stride, kernel_size, lookup):
     x = make_input(seed=stride + kernel_size, stride=stride, channels=4)
     conv = SparseConv(4, 5, kernel_size).double()
     out = conv(x)
@@ -219,7 +239,7 @@ def test_gradcheck_of_the_sparse_function():
     assert torch.autograd.gradcheck(lambda f, w: sparse_conv(f, w, pairs), (x.feats, conv.kernel))
 
 
-def test_results_do_not_depend_on_input_row_order():
+def test_results_do_not_depend_on_input_row_order(lookup):
     coords = random_cloud(70)
     feats = torch.randn(coords.shape[0], 4, dtype=torch.float64)
     permutation = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(0))
