@@ -34,6 +34,7 @@ from mask3d_ros.bag import (NS_PER_S, BagMessage, bag_info, playback_qos, python
 
 DEFAULT_CLOCK_HZ = 40.0
 ACK_TIMEOUT_S = 5.0
+ACK_POLL_S = 0.01
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
 
@@ -207,12 +208,19 @@ class BagPlayer:
         self._clock_publisher.publish(self._clock_message)
 
     def flush(self, timeout_s: float = ACK_TIMEOUT_S) -> bool:
-        """Wait until reliable subscribers acknowledged everything published (bounded by ``timeout_s``)."""
+        """Wait until reliable subscribers acknowledged everything published (bounded by ``timeout_s``).
+
+        Polled in short waits: rclpy holds the GIL inside ``wait_for_all_acked``, so one long wait
+        would stall every other thread of this process (an in-process recorder received late)."""
         from rclpy.duration import Duration  # noqa: PLC0415
 
         deadline = time.monotonic() + timeout_s
-        return all(publisher.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
-                   for publisher in self._publishers.values())
+        pending = list(self._publishers.values())
+        while pending and time.monotonic() < deadline:
+            pending = [publisher for publisher in pending
+                       if not publisher.wait_for_all_acked(Duration(seconds=ACK_POLL_S))]
+            time.sleep(ACK_POLL_S)  # the GIL is free here
+        return not pending
 
     def destroy(self) -> None:
         for publisher in [*self._publishers.values(), self._clock_publisher]:
