@@ -5,7 +5,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 scripts/setup_env.sh
-# colcon build + install check (the suite itself runs once, below; `colcon test` runs the same
-# suite through ament_cmake_pytest: scripts/colcon_check.sh with MASK3D_ROS_COLCON_TEST=1).
+# colcon build + install check; with MASK3D_ROS_COLCON_TEST=1 (CI) also `colcon test`, which runs
+# the same suite through ament_cmake_pytest. Then the suite from the venv.
 MASK3D_ROS_COLCON_TEST="${MASK3D_ROS_COLCON_TEST:-0}" scripts/colcon_check.sh
 exec .venv/bin/python -m pytest "$@"
