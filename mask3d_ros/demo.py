@@ -18,8 +18,7 @@ As a robot team tests perception by replaying a bag, the demo
 4. prints a per-frame table and AP / AP50 / AP25 of the recorded outputs against the generator's
    ground truth, and draws the last labeled map with its instance boxes (``OUT/*.png``).
 
-The model: ``--checkpoint``, else the bundled ``model/mask3d_tabletop.ckpt``, else (until the bundled
-model is trained) the training run's ``build/train_tabletop/last.ckpt``; random weights only with
+The model: ``--checkpoint``, else the bundled ``model/mask3d_tabletop.ckpt``; random weights only with
 ``--random-weights``.
 
 Scoring. A labeled cloud is the voxel-de-duplicated accumulated map in the fixed frame: each of its
@@ -62,7 +61,7 @@ import numpy as np
 from mask3d_ros.bag import GroundTruth, deserialize_rclpy, read_messages, stamp_ns
 from mask3d_ros.cli.make_bag import BagLayout, odometry_parameters, write_synthetic_bag
 from mask3d_ros.evaluation import MIN_REGION_SIZE, APResult, InstancePredictions, evaluate
-from mask3d_ros.inference import share_directory
+from mask3d_ros.inference import BUNDLED_CHECKPOINT, ModelError, bundled_checkpoint, share_directory
 
 NODE_NAME = "mask3d"
 LABELED_CLOUD_TOPIC = f"/{NODE_NAME}/labeled_cloud"
@@ -71,8 +70,6 @@ MARKERS_TOPIC = f"/{NODE_NAME}/markers"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 PARAMS_FILE = Path("config/mask3d_tabletop.yaml")
 FASTDDS_PROFILE = Path("config/fastdds_large_clouds.xml")
-BUNDLED_CHECKPOINT = Path("model/mask3d_tabletop.ckpt")
-TRAINING_CHECKPOINT = Path("build/train_tabletop/last.ckpt")
 BAG_RATE_HZ = 2.0
 CLOCK_HZ = 40.0
 MAP_VOXEL_SIZE = 0.005
@@ -709,8 +706,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     " poses, accumulation), record the outputs, print per-frame results and AP, draw pictures.",
         epilog=__doc__.split("\n\n", 2)[2])
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", type=Path, help=f"model weights (default: {BUNDLED_CHECKPOINT}, else"
-                                                       f" {TRAINING_CHECKPOINT})")
+    model.add_argument("--checkpoint", type=Path, help=f"model weights (default: the bundled {BUNDLED_CHECKPOINT})")
     model.add_argument("--random-weights", action="store_true", help="run untrained weights (plumbing only)")
     parser.add_argument("--frames", type=int, default=defaults.frames, help=f"frames (default {defaults.frames})")
     parser.add_argument("--resolution", type=_resolution, default=(defaults.width, defaults.height),
@@ -746,14 +742,11 @@ def choose_checkpoint(args: argparse.Namespace, root: Path) -> Path | None:
         if not args.checkpoint.is_file():
             raise SystemExit(f"mask3d-ros-demo: no checkpoint {args.checkpoint}")
         return args.checkpoint.resolve()
-    if (root / BUNDLED_CHECKPOINT).is_file():
-        return root / BUNDLED_CHECKPOINT
-    if (root / TRAINING_CHECKPOINT).is_file():
-        _say(f"the bundled model {BUNDLED_CHECKPOINT} is not trained yet; using the training run's"
-             f" {TRAINING_CHECKPOINT}")
-        return root / TRAINING_CHECKPOINT
-    raise SystemExit(f"mask3d-ros-demo: no model: neither {BUNDLED_CHECKPOINT} nor {TRAINING_CHECKPOINT} exists."
-                     " Pass --checkpoint W.ckpt, or --random-weights to run the plumbing on untrained weights.")
+    try:
+        return bundled_checkpoint()
+    except ModelError as error:
+        raise SystemExit(f"mask3d-ros-demo: {error}. Pass --checkpoint W.ckpt, or --random-weights to run the"
+                         " plumbing on untrained weights.") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import yaml
 from mask3d_ros.augment import AugmentConfig, augment_cloud
 from mask3d_ros.criterion import SceneTargets, SetCriterion
 from mask3d_ros.decoder import DegenerateSceneError, Mask3D, Mask3DConfig
+from mask3d_ros.segmenter import resolve_device
 from mask3d_ros.voxel import voxelize
 
 
@@ -74,12 +75,6 @@ class TrainingSample:
     features: torch.Tensor    # [N, 3] normalised colour
     raw_xyz: torch.Tensor     # [N, 3] representative points, metres
     targets: SceneTargets
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_training_scenes(config: TrainConfig, base: Path) -> list:

@@ -12,16 +12,13 @@ scored.
   into the node with ``use_sim_time``: every input point is in the labeled cloud or dropped by a
   documented filter, no error.
 
-The model: the bundled ``model/mask3d_tabletop.ckpt``; until it is trained, a frozen copy of the
-training run's ``build/train_tabletop/last.ckpt`` (skipped when neither exists; in CI the bundled
-model must exist). DDS stays on this machine in the test's own domain (conftest), which every
+The model: the bundled ``model/mask3d_tabletop.ckpt``. DDS stays on this machine in the test's own domain (conftest), which every
 process started here inherits.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -37,6 +34,7 @@ from mask3d_ros.bag import GroundTruth, deserialize_rclpy, read_messages, stamp_
 from mask3d_ros.cli.evaluate import expand_frames
 from mask3d_ros.cli.make_bag import BagLayout, write_files_bag
 from mask3d_ros.evaluation import InstancePredictions, evaluate
+from mask3d_ros.inference import bundled_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -64,24 +62,10 @@ are found at all; raising it is the model's open problem (train on accumulated, 
 OUSTER_TOPIC = "/os1_cloud_node/points"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="session")
-def model_checkpoint(tmp_path_factory) -> Path:
-    """The bundled model, else a copy of the training run's last checkpoint (copied: training
-    rewrites it, and the node and the offline evaluation must see the same weights)."""
-    bundled, training = REPO / demo.BUNDLED_CHECKPOINT, REPO / demo.TRAINING_CHECKPOINT
-    if bundled.is_file():
-        return bundled
-    if in_ci():
-        pytest.fail(f"CI run without the bundled model {bundled}")
-    if not training.is_file():
-        pytest.skip(f"no model: neither {bundled} nor {training} exists (train with mask3d-ros-train)")
-    copy = tmp_path_factory.mktemp("model") / "training_last.ckpt"
-    shutil.copyfile(training, copy)
-    return copy
+def model_checkpoint() -> Path:
+    """The bundled model, which the node and the offline evaluation both run."""
+    return bundled_checkpoint()
 
 
 @pytest.fixture
