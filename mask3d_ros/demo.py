@@ -150,10 +150,12 @@ def node_parameters(layout: BagLayout, checkpoint: Path | None, pose_source: str
 
 def process_environment() -> dict[str, str]:
     """The environment for the processes started here: this one's, with unbuffered Python output (the
-    log is read while they run) and OpenMP threads that sleep while waiting. PyTorch's threads spin
-    by default, and on 2 cores shared with another busy process that made an inference 20 to 40 times
-    slower (measured: 30 to 50 s instead of 1 s); ``OMP_WAIT_POLICY`` already set is kept."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    log is read while they run) and one OpenMP thread. The demo's own process replays and records
+    beside the node, and two spinning torch threads on 2 shared cores made an inference 20 to 40
+    times slower (30 to 50 s instead of 1 s); sleeping threads (OMP_WAIT_POLICY=PASSIVE) cured that
+    but cost 7x on an idle machine (mOSD frame: 800 ms vs 116 ms), one thread costs nothing
+    (86 ms). ``OMP_NUM_THREADS`` already set is kept."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 class NodeFailed(RuntimeError):
