@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import rclpy
@@ -21,6 +22,27 @@ from mask3d_ros.poses import NS_PER_S
 
 TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 
+
+
+@contextmanager
+def spun_node(name: str, executor_type=None):
+    """A node in its own rclpy context, spun by ``executor_type`` in a background thread."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(name, context=context)
+    executor = (executor_type or SingleThreadedExecutor)(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(2.0)
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
     deadline = time.monotonic() + timeout

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from mask3d_ros.cli.evaluate import expand_frames
 from mask3d_ros.cli.make_bag import BagLayout, write_files_bag
 from mask3d_ros.evaluation import InstancePredictions, evaluate
 from mask3d_ros.inference import bundled_checkpoint
+from ros_harness import spun_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -71,21 +71,10 @@ def model_checkpoint() -> Path:
 @pytest.fixture
 def graph():
     """A node of this process in the test's ROS domain, spun in a background thread."""
-    import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("e2e_test", context=context)
-    executor = MultiThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    yield node
-    executor.shutdown(timeout_sec=2.0)
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    spinner.join(2.0)
+    with spun_node("e2e_test", MultiThreadedExecutor) as node:
+        yield node
 
 
 def answered_stamps(graph) -> set[int]:

@@ -8,16 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
@@ -26,7 +22,7 @@ from mask3d_ros.cloud import create_cloud
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.pointfile import read_pcd
 from mask3d_ros.poses import NS_PER_S
-from ros_harness import Inbox, stamp, wait_for
+from ros_harness import Inbox, spun_node, stamp, wait_for
 from test_node import check_outputs
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -37,18 +33,8 @@ STARTUP_TIMEOUT = 90.0  # importing torch and building the model on a shared 2-c
 
 @pytest.fixture
 def graph():
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("process_test_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown(timeout_sec=2.0)
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    thread.join(2.0)
+    with spun_node("process_test_client") as node:
+        yield node
 
 
 def start_node(*extra):
