@@ -62,6 +62,8 @@ def level_and_message(stats: Mapping[str, Any], previous: Mapping[str, Any] | No
         worse(DiagnosticStatus.WARN, f"no cloud for {since:.1f} s")
     for key, text in (("pose_failures", "clouds skipped: no pose"),
                       ("malformed_clouds", "malformed clouds"),
+                      ("clouds_outside_map", "clouds with no point inside the roi / map range"),
+                      ("cloud_errors", "clouds lost to an internal error"),
                       ("inference_failures", "inference failed")):
         delta = stats.get(key, 0) - previous.get(key, 0)
         if delta > 0:
