@@ -140,31 +140,37 @@ def scatter_mean(values: Tensor, index: Tensor, size: int) -> Tensor:
 BACKBONES = ("Res16UNet34C", "Res16UNet18B", "Res16UNet14A")
 
 
-def build_backbone(config: Mask3DConfig) -> nn.Module:
-    """The sparse UNet named by ``config.backbone``; it reports its ``feature_channels``."""
+def build_backbone(config: Mask3DConfig, backend: str = "torch") -> nn.Module:
+    """The sparse UNet named by ``config.backbone`` on ``backend`` (torch or minkowski); it reports
+    its ``feature_channels``."""
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; known: {', '.join(BACKBONES)}")
     make = getattr(backbone_module, config.backbone)
     if config.backbone_width == 1.0:
-        return make(config.in_channels, config.num_labels)
+        return make(config.in_channels, config.num_labels, backend=backend)
     if config.backbone != "Res16UNet14A":
         raise ValueError(f"backbone_width applies to Res16UNet14A only, not {config.backbone}")
-    return make(config.in_channels, config.num_labels, width=config.backbone_width)
+    return make(config.in_channels, config.num_labels, width=config.backbone_width, backend=backend)
 
 
 Pool = Callable[[Tensor, int], Tensor]   # (values on stride-s rows, s) -> values on stride-2s rows
 
 
 class Mask3D(nn.Module):
-    """Backbone + decoder. ``forward`` takes one voxelized cloud; ``decode`` takes backbone maps."""
+    """Backbone + decoder. ``forward`` takes one voxelized cloud; ``decode`` takes backbone maps.
 
-    def __init__(self, config: Mask3DConfig = Mask3DConfig()):
+    ``backend`` is the backbone's sparse engine: ``torch`` (this package's) or ``minkowski``
+    (MinkowskiEngine, optional); both have the same state_dict, and the decoder always works on
+    this package's coordinate manager (pooling of the attention masks)."""
+
+    def __init__(self, config: Mask3DConfig = Mask3DConfig(), backend: str = "torch"):
         super().__init__()
         self.config = config
+        self.backend = backend
         dim = config.hidden_dim
         num_layer_sets = 1 if config.shared_decoder else config.num_decoders
         # Registration order = the official state_dict order.
-        self.backbone = build_backbone(config)
+        self.backbone = build_backbone(config, backend)
         sizes = self.backbone.feature_channels
         self.mask_features_head = PointwiseConv(sizes[-1], dim)
         self.query_projection = QueryProjection(dim)
@@ -211,7 +217,13 @@ class Mask3D(nn.Module):
         """The backbone's decoder-facing sparse maps, coarse (stride 16) to fine (stride 1)."""
         if voxel_coords.shape[0] == 0:
             raise DegenerateSceneError("the cloud has no voxels")
-        _, levels = self.backbone(SparseTensor(features, coords=voxel_coords))
+        x = SparseTensor(features, coords=voxel_coords)
+        if self.backend == "minkowski":
+            from mask3d_ros.backends import from_minkowski, to_minkowski  # noqa: PLC0415 - optional
+
+            _, levels = self.backbone(to_minkowski(x))
+            return [from_minkowski(level, x.manager) for level in levels]
+        _, levels = self.backbone(x)
         return levels
 
     def decode(self, level_feats: Sequence[Tensor], pool: Pool, voxel_coords: Tensor, raw_xyz: Tensor, *,

@@ -7,7 +7,6 @@ No rclpy here.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import warnings
@@ -25,7 +24,7 @@ class ModelError(RuntimeError):
     """The model cannot be built from the parameters (checkpoint, preset, device, backend)."""
 
 
-# A stand-in for the bundled tabletop model until it is trained: compact, fast, random weights.
+# The architecture run with random weights when model.checkpoint is empty (plumbing tests only).
 RANDOM_TABLETOP = {
     "class_names": ("table", "object"),
     "voxel_size": 0.01,
@@ -75,18 +74,12 @@ def bundled_checkpoint() -> Path:
 
 def resolve_device(device: str) -> str:
     """The torch device string for ``model.device``, or ModelError if it cannot be used."""
-    import torch  # noqa: PLC0415
+    from mask3d_ros.segmenter import resolve_device as torch_device  # noqa: PLC0415 - imports torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelError(f"model.device is {device!r} but CUDA is not available to torch {torch.__version__}"
-                             " (CPU-only build or no GPU); use model.device:=cpu or auto")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ModelError(f"model.device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
+    try:
+        return str(torch_device(device))
+    except ValueError as error:
+        raise ModelError(f"model.{error}; use model.device:=cpu or auto") from error
 
 
 def _random_tabletop_preset():
@@ -120,13 +113,14 @@ def segmenter_factory(config: Mapping[str, Any]) -> tuple[Callable[[], Any], str
         preset = None if preset_name == "tabletop" else preset_name  # tabletop: the checkpoint describes itself
     kwargs = {"device": device, "half": bool(config["model.half_precision"]), "mode": config["model.inference_mode"],
               "random_weights": checkpoint is None}
-    backend = config["model.backend"]
-    accepts = inspect.signature(segmenter_module.Segmenter).parameters
-    if "backend" in accepts:
-        if backend != "auto":
-            kwargs["backend"] = backend
-    elif backend == "minkowski":
-        raise ModelError("model.backend 'minkowski' is not supported by this Segmenter version; use torch or auto")
+    if config["model.backend"] == "minkowski":
+        from mask3d_ros.backends import import_minkowski  # noqa: PLC0415
+
+        try:
+            import_minkowski()
+        except ImportError as error:
+            raise ModelError(f"model.backend is minkowski: {error}") from error
+    kwargs["backend"] = "minkowski" if config["model.backend"] == "minkowski" else "torch"  # auto: torch
 
     def build():
         try:

@@ -115,12 +115,14 @@ class Mask3DNode(Node):
         cfg = self.config
         self.counters = _Counters("clouds_received", "clouds_accumulated", "malformed_clouds", "empty_clouds",
                                   "clouds_outside_map", "cloud_errors", "pose_failures", "inference_requests",
-                                  "inferences_skipped_small_map", "results_discarded_after_reset", "results_published")
+                                  "inferences_skipped_small_map", "inferences_skipped_unchanged",
+                                  "results_discarded_after_reset", "results_published")
         self.enabled = True
         self._reset_generation = 0
         self._last_result: dict[str, Any] = {}
         self._previous_stats: dict[str, Any] = {}
         self._last_submitted_version = -1
+        self._last_inferred_version = -1  # worker thread only
         self._dynamic_lock = threading.Lock()
         self._map_lock = threading.Lock()
         self.rate_meter = diagnostics.RateMeter()
@@ -431,13 +433,17 @@ class Mask3DNode(Node):
 
     # --- inference -------------------------------------------------------------------------
 
-    def _request_inference(self) -> bool:
-        """Offer the current map to the worker; False when disabled or nothing to segment."""
+    def _request_inference(self, force: bool = False) -> bool:
+        """Offer the current map to the worker; False when disabled or nothing to segment.
+
+        Without ``force`` the worker skips a map it has already segmented: a job that started
+        after the next cloud was added segments that cloud too, and its own request would repeat
+        the result (seen as labeled clouds with the same stamp)."""
         if not self.enabled or self.map.num_points == 0:
             return False
         self.counters.add("inference_requests")
         self._last_submitted_version = self.map.version
-        self.worker.submit(self._reset_generation)
+        self.worker.submit((self._reset_generation, force))
         return True
 
     def _on_rate_timer(self) -> None:
@@ -448,7 +454,8 @@ class Mask3DNode(Node):
         with self._map_lock:
             return self.map.snapshot(), self.map_frame
 
-    def _run_inference(self, generation: int) -> None:
+    def _run_inference(self, job: tuple[int, bool]) -> None:
+        generation, force = job
         if not self.enabled:
             return
         snap, frame = self._snapshot()
@@ -456,9 +463,13 @@ class Mask3DNode(Node):
         if len(snap) < cfg["trigger.min_points"]:
             self.counters.add("inferences_skipped_small_map")
             return
+        if snap.version == self._last_inferred_version and not force:
+            self.counters.add("inferences_skipped_unchanged")
+            return
         start = time.perf_counter()
         seg = self.model.segment(snap.xyz, snap.rgb)
         seg.validate(len(snap))
+        self._last_inferred_version = snap.version  # a failed inference may be retried on the same map
         with self._dynamic_lock:
             seg = select_instances(seg, cfg["model.score_threshold"], cfg["model.min_instance_points"],
                                    cfg["model.max_instances"], cfg["class_filter"])
@@ -549,7 +560,7 @@ class Mask3DNode(Node):
         elif self.map.num_points == 0:
             response.success, response.message = False, "the map is empty: no cloud accepted yet (see /diagnostics)"
         else:
-            self._request_inference()
+            self._request_inference(force=True)
             response.success = True
             response.message = (f"inference queued on {self.map.num_points} points (stamp"
                                 f" {format_stamp(self.map.newest_stamp_ns)}); results on ~/labeled_cloud")

@@ -189,7 +189,7 @@ PARAMETERS: tuple[Param, ...] = (
       " (tests and plumbing checks only: the output is meaningless)."),
     P("model.device", "str", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.", check=_device),
     P("model.backend", "str", "auto", "Sparse convolution engine: torch (pure PyTorch), minkowski"
-      " (MinkowskiEngine, if installed) or auto.", choices=BACKENDS),
+      " (MinkowskiEngine, if installed) or auto (= torch).", choices=BACKENDS),
     P("model.inference_mode", "str", "instance", "instance (official Mask3D scoring, masks may overlap),"
       " panoptic (non-overlapping instances) or semantic (one segment per class).", choices=INFERENCE_MODES),
     P("model.half_precision", "bool", False, "Run the network in float16 on CUDA (less memory, faster).",),

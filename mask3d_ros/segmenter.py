@@ -42,9 +42,24 @@ def to_half(model: Mask3D) -> Mask3D:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
+    """``auto`` (CUDA when present, else CPU) or a device torch can use here; a ValueError that
+    says why otherwise, so a node or a training run fails at start, not at the first tensor."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available to torch {torch.__version__}"
+                             " (CPU-only build or no GPU); use cpu or auto")
+        if (resolved.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return resolved
 
 
 def _resolve_preset(preset: str | Preset | None, checkpoint: Checkpoint | None) -> Preset:
@@ -76,7 +91,7 @@ class Segmenter:
                  device: str | torch.device = "auto", half: bool = False, mode: str = "instance",
                  num_queries: int | None = None, topk: int | None = None, dbscan_eps: float | None = None,
                  voxel_size: float | None = None, score_threshold: float = 0.0, min_points: int = 0,
-                 random_weights: bool = False, seed: int = 0):
+                 random_weights: bool = False, seed: int = 0, backend: str = "torch"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         ckpt = None if checkpoint is None else read_checkpoint(checkpoint)
@@ -102,7 +117,7 @@ class Segmenter:
 
         with torch.random.fork_rng(devices=[]):      # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
-            model = Mask3D(self.preset.model)
+            model = Mask3D(self.preset.model, backend=backend)  # ImportError if minkowski is absent
         if ckpt is None:
             warnings.warn("Segmenter built with RANDOM WEIGHTS: its output means nothing", stacklevel=2)
         else:

@@ -53,7 +53,8 @@ DRAIN_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 COUNTERS = ("clouds_received", "clouds_accumulated", "malformed_clouds", "empty_clouds", "clouds_outside_map",
             "pose_failures", "inference_requests", "inferences", "dropped_frames", "inference_failures",
-            "inferences_skipped_small_map", "results_discarded_after_reset", "results_published")
+            "inferences_skipped_small_map", "inferences_skipped_unchanged", "results_discarded_after_reset",
+            "results_published")
 
 
 def _say(message: str) -> None:
@@ -203,7 +204,8 @@ def account(published: int, counters: dict[str, int], labeled: int, instances: i
     expect(c["inference_requests"], c["inferences"] + c["dropped_frames"] + c["inference_failures"],
            "inference requests vs inferences + latest-wins drops + failures")
     expect(c["inferences"], c["results_published"] + c["inferences_skipped_small_map"]
-           + c["results_discarded_after_reset"], "inferences vs results published + skipped")
+           + c["inferences_skipped_unchanged"] + c["results_discarded_after_reset"],
+           "inferences vs results published + skipped")
     expect(labeled, c["results_published"], "labeled clouds received vs results published")
     expect(instances, c["results_published"], "instance arrays received vs results published")
     if stray_stamps:

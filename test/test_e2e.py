@@ -210,7 +210,10 @@ def test_demo_accumulates_a_moving_camera(tmp_path, model_checkpoint, pose_sourc
     answered = sum(row["map_points"] is not None for row in rows)
     warnings = [line for line in (tmp_path / "node.log").read_text().splitlines() if "WARN" in line]
     assert int(stats["pose_failures"]) == 0, (stats, warnings)  # every cloud found its odometry / tf pose
-    assert answered + int(stats["dropped_frames"]) == SYNTHETIC_FRAMES, (rows, stats)
+    # a frame without an output of its own was dropped while busy, or its cloud was already in the
+    # map the previous inference segmented (that output carries the newer stamp)
+    unanswered = int(stats["dropped_frames"]) + int(stats["inferences_skipped_unchanged"])
+    assert answered + unanswered == SYNTHETIC_FRAMES, (rows, stats, warnings)
     assert rows[-1]["map_points"] is not None, "the last frame is never dropped (latest wins)"
     map_sizes = [row["map_points"] for row in rows if row["map_points"] is not None]
     assert map_sizes == sorted(map_sizes) and map_sizes[-1] > 1.5 * rows[0]["input_points"], "the map accumulates"

@@ -78,3 +78,24 @@ def test_real_model_with_random_weights_gives_a_consistent_segmentation():
     assert {"backbone", "decoder", "total"} <= set(seg.timings_ms)
     runner.release()
     assert not runner.loaded
+
+
+def test_the_backend_parameter_reaches_the_model():
+    """``model.backend``: auto and torch build the pure-PyTorch backbone; minkowski builds
+    MinkowskiEngine's, or fails at start with the install command when it is not importable."""
+    from mask3d_ros.backends import import_minkowski
+
+    def built_backend(backend: str) -> str:
+        runner = ModelRunner.from_config(config(**{"model.backend": backend}))
+        runner.load()
+        return runner._segmenter.model.backend
+
+    assert built_backend("auto") == built_backend("torch") == "torch"
+    try:
+        import_minkowski()
+    except ImportError:
+        with pytest.raises(ModelError, match="model.backend is minkowski.*pip install"):
+            segmenter_factory(config(**{"model.backend": "minkowski"}))
+    else:
+        assert built_backend("minkowski") == "minkowski"
+

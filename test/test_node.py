@@ -315,6 +315,24 @@ def test_malformed_clouds_are_counted_and_the_node_keeps_its_map(harness_factory
     assert h.node.stats()["malformed_clouds"] == 4
 
 
+def test_a_map_already_segmented_is_not_segmented_again_unless_asked(harness_factory):
+    """A worker job that starts after the next cloud entered the map segments that cloud too; the
+    next cloud's own request then finds nothing new and is skipped (counted), instead of
+    publishing the same result twice. ``~/segment_now`` always runs."""
+    h = harness_factory()
+    clouds = h.subscribe(PointCloud2, "/mask3d/labeled_cloud")
+    world, colours = world_scene()
+    h.publish(cloud_msg(world, colours, "camera", 1.0))
+    clouds.wait(1)
+    h.wait_idle()
+    calls = h.model.calls
+    assert h.node._request_inference()  # the request of a cloud the previous job already covered
+    h.wait_idle()
+    assert h.model.calls == calls and h.node.counters["inferences_skipped_unchanged"] == 1 and len(clouds) == 1
+    assert h.call(Trigger, "/mask3d/segment_now", Trigger.Request()).success
+    assert stamp_to_ns(clouds.wait(2).header.stamp) == 1 * NS_PER_S and h.model.calls == calls + 1
+
+
 def test_a_failed_inference_is_logged_and_the_node_carries_on(harness_factory):
     h = harness_factory()
     clouds = h.subscribe(PointCloud2, "/mask3d/labeled_cloud")

@@ -107,6 +107,24 @@ def test_cuda_matches_cpu(half):
     cuda.release()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_minkowski_backend_gives_the_torch_backends_result():
+    """``backend="minkowski"`` (the node's ``model.backend``) runs the same weights through
+    MinkowskiEngine's backbone; the decoder and the result must not notice."""
+    try:
+        from mask3d_ros.backends import import_minkowski
+        import_minkowski()
+    except ImportError as error:
+        pytest.skip(f"MinkowskiEngine is not importable: {error}")
+    xyz, rgb = scene()
+    torch_result, torch_raw = Segmenter(TINY_PRESET, random_weights=True, device="cpu").segment(xyz, rgb, return_raw=True)
+    me = Segmenter(TINY_PRESET, random_weights=True, device="cpu", backend="minkowski")
+    result, raw = me.segment(xyz, rgb, return_raw=True)
+    np.testing.assert_array_equal(raw["fps_idx"], torch_raw["fps_idx"])
+    np.testing.assert_allclose(raw["pred_logits"], torch_raw["pred_logits"], atol=1e-4)
+    np.testing.assert_array_equal(result.point_instance, torch_result.point_instance)
+
+
 def test_release_frees_the_model():
     segmenter = Segmenter(TINY_PRESET, random_weights=True, device="cpu")
     segmenter.release()
