@@ -224,6 +224,51 @@ def _object_meshes(kind: str, rng: np.random.Generator):
 OBJECT_KINDS = ("box", "box", "stacked_boxes", "cylinder", "cylinder", "cup", "bowl", "bottle", "sphere", "clutter")
 """Kinds drawn uniformly from this list (boxes and cylinders twice: mOSD is mostly those)."""
 
+VARIED_KINDS = OBJECT_KINDS + ("box", "tower", "thing_on_box", "frustum", "lying_box", "cylinder", "stacked_boxes")
+"""Kinds of ``varied`` scenes: more boxes, stacks of two or three, things on boxes, flower pots."""
+
+
+def _stack(base_size: np.ndarray, rng: np.random.Generator, levels: int):
+    """Meshes of ``levels`` objects stacked on a box of ``base_size`` (each one its own instance):
+    mOSD's stacked and mixed scenes put boxes, cans and cups on boxes."""
+    u = rng.uniform
+    meshes, top, below = [_box(base_size)], base_size[2], base_size
+    for _ in range(levels - 1):
+        kind = rng.choice(["box", "box", "cylinder", "cup"])
+        if kind == "box":
+            size = np.array([u(0.04, below[0]), u(0.04, below[1]), u(0.03, 0.15)])
+            vertices, triangles = _box(size)
+            vertices = vertices @ _rot_z(u(-0.5, 0.5)).T
+        else:
+            r = u(0.025, max(0.03, 0.5 * min(below[:2])))
+            size = np.array([2 * r, 2 * r, u(0.05, 0.16)])
+            profile = [(0, 0), (r, 0), (r, size[2]), (0, size[2])] if kind == "cylinder" else \
+                [(0, 0), (r, 0), (r, size[2]), (r - 0.004, size[2]), (r - 0.004, 0.004), (0, 0.004)]
+            vertices, triangles = _lathe(profile)
+        slack = np.maximum(below[:2] - size[:2], 0) / 2
+        vertices = vertices + [u(-1, 1) * slack[0], u(-1, 1) * slack[1], top]
+        meshes.append((vertices, triangles))
+        top, below = top + size[2], size
+    return meshes
+
+
+def _varied_meshes(kind: str, rng: np.random.Generator):
+    """Meshes and footprint radius of the kinds only ``varied`` scenes have (see :func:`_object_meshes`)."""
+    u = rng.uniform
+    if kind == "tower":
+        base = np.array([u(0.1, 0.26), u(0.08, 0.2), u(0.04, 0.14)])
+        return _stack(base, rng, 3), 0.5 * np.hypot(base[0], base[1])
+    if kind == "thing_on_box":
+        base = np.array([u(0.1, 0.26), u(0.08, 0.2), u(0.05, 0.2)])
+        return _stack(base, rng, 2), 0.5 * np.hypot(base[0], base[1])
+    if kind == "frustum":  # flower pot, bucket, paper cup upside down
+        r0, r1, h = u(0.03, 0.07), u(0.03, 0.09), u(0.06, 0.18)
+        return [_lathe([(0, 0), (r0, 0), (r1, h), (0, h)])], max(r0, r1)
+    if kind == "lying_box":  # a flat, long box (book, tray, cereal box on its side)
+        size = np.array([u(0.12, 0.3), u(0.08, 0.22), u(0.02, 0.06)])
+        return [_box(size)], 0.5 * np.hypot(size[0], size[1])
+    return _object_meshes(kind, rng)
+
 
 def _object_texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     base = rng.uniform(20, 235, 3)
@@ -247,9 +292,13 @@ def random_tabletop(
     workspace_centre: tuple[float, float],
     workspace_half: tuple[float, float] = (0.3, 0.22),
     num_objects: int | None = None,
+    varied: bool = False,
 ) -> Tabletop:
     """A table of ``table_size`` (x, y) centred at the origin with 2-8 objects placed without overlap
-    in a rectangle of half sizes ``workspace_half`` around ``workspace_centre`` (x, y)."""
+    in a rectangle of half sizes ``workspace_half`` around ``workspace_centre`` (x, y).
+
+    ``varied`` scenes (training) hold 2-12 objects of :data:`VARIED_KINDS`, often touching: about
+    half of them are pushed against one already placed, as in mOSD's mixed and complex scenes."""
     height, thickness = rng.uniform(0.7, 0.78), rng.uniform(0.025, 0.045)
     colours, wave, sharpness = _table_texture(rng)
     top_v, top_t = _box(np.array([*table_size, thickness]))
@@ -264,17 +313,18 @@ def random_tabletop(
     floor_colours = np.stack([rng.uniform(60, 200, 3)] * 2)
     parts.append(Part(floor_v - [0, 0, 0.01], floor_t, UNLABELLED, 0, floor_colours, np.zeros(3), 0.0))
 
-    num_objects = int(rng.integers(2, 9)) if num_objects is None else num_objects
+    if num_objects is None:
+        num_objects = int(rng.integers(2, 13 if varied else 9))
     placed: list[tuple[np.ndarray, float]] = []
     instance = 0
     for _ in range(num_objects):
-        meshes, radius = _object_meshes(str(rng.choice(OBJECT_KINDS)), rng)
-        for _attempt in range(50):
-            centre = np.asarray(workspace_centre) + rng.uniform(-1, 1, 2) * workspace_half
-            gap = rng.uniform(0.005, 0.04)
-            if all(np.linalg.norm(centre - other) >= radius + other_radius + gap for other, other_radius in placed):
-                break
+        if varied:
+            meshes, radius = _varied_meshes(str(rng.choice(VARIED_KINDS)), rng)
+            centre = _touching_place(rng, radius, placed, np.asarray(workspace_centre), workspace_half)
         else:
+            meshes, radius = _object_meshes(str(rng.choice(OBJECT_KINDS)), rng)
+            centre = _free_place(rng, radius, placed, np.asarray(workspace_centre), workspace_half)
+        if centre is None:
             continue
         placed.append((centre, radius))
         rotation = _rot_z(rng.uniform(0, 2 * np.pi))
@@ -286,6 +336,30 @@ def random_tabletop(
     parts = tuple(replace(p, vertices=p.vertices.astype(np.float32), triangles=p.triangles.astype(np.uint32))
                   for p in parts)
     return Tabletop(parts, height, thickness, np.array([*workspace_centre, height]))
+
+
+def _free_place(rng, radius, placed, centre0, half):
+    """A centre whose footprint circle keeps a 0.5-4 cm gap to every placed one (None: no room)."""
+    for _attempt in range(50):
+        centre = centre0 + rng.uniform(-1, 1, 2) * half
+        gap = rng.uniform(0.005, 0.04)
+        if all(np.linalg.norm(centre - other) >= radius + other_radius + gap for other, other_radius in placed):
+            return centre
+    return None
+
+
+def _touching_place(rng, radius, placed, centre0, half):
+    """Like :func:`_free_place`, but half the time right against a placed object: footprint circles
+    overestimate boxes, so circles overlapping by up to 30 % make boxes touch or nearly touch."""
+    if not placed or rng.random() < 0.5:
+        return _free_place(rng, radius, placed, centre0, np.asarray(half) * 1.2)
+    for _attempt in range(50):
+        other, other_radius = placed[int(rng.integers(len(placed)))]
+        direction = rng.normal(size=2)
+        centre = other + direction / np.linalg.norm(direction) * (radius + other_radius) * rng.uniform(0.7, 1.0)
+        if all(np.linalg.norm(centre - o) >= 0.7 * (radius + r) for o, r in placed):
+            return centre
+    return None
 
 
 # --- camera -------------------------------------------------------------------------------------
@@ -420,17 +494,26 @@ def _in_projector_shadow(scene, points: np.ndarray, valid: np.ndarray, projector
 
 
 def generate_frame(
-    seed: int, camera: Camera = Camera(), noise: KinectNoise | None = KinectNoise(), num_objects: int | None = None
+    seed: int, camera: Camera = Camera(), noise: KinectNoise | None = KinectNoise(), num_objects: int | None = None,
+    varied: bool = False,
 ) -> Frame:
-    """One mOSD-like frame: a camera at the table edge looking down at objects on the table top."""
+    """One mOSD-like frame: a camera at the table edge looking down at objects on the table top.
+
+    ``varied`` (training data) widens the view (0.6-1.3 m, 25-60 degrees down, +-30 degrees yaw), packs
+    more, often touching, objects into a smaller workspace (see :func:`random_tabletop`)."""
     rng = np.random.default_rng(seed)
-    distance, depression = rng.uniform(0.7, 1.1), np.radians(rng.uniform(30, 50))
-    yaw = np.radians(rng.uniform(-15, 15))
+    if varied:
+        distance, depression = rng.uniform(0.6, 1.3), np.radians(rng.uniform(25, 60))
+        yaw = np.radians(rng.uniform(-30, 30))
+    else:
+        distance, depression = rng.uniform(0.7, 1.1), np.radians(rng.uniform(30, 50))
+        yaw = np.radians(rng.uniform(-15, 15))
     reach = distance * np.cos(depression)  # horizontal distance from the eye to the objects
     table_size = (rng.uniform(1.2, 2.0), max(rng.uniform(0.8, 1.2), reach + 0.4))
     eye_xy = np.array([rng.uniform(-0.2, 0.2), -table_size[1] / 2 - rng.uniform(0.0, 0.1)])
     target_xy = eye_xy + reach * np.array([np.sin(yaw), np.cos(yaw)])
-    tabletop = random_tabletop(rng, table_size, tuple(target_xy), num_objects=num_objects)
+    half = (rng.uniform(0.15, 0.3), rng.uniform(0.12, 0.22)) if varied else (0.3, 0.22)
+    tabletop = random_tabletop(rng, table_size, tuple(target_xy), half, num_objects=num_objects, varied=varied)
     eye = np.array([*eye_xy, tabletop.table_height + distance * np.sin(depression)])
     target = tabletop.workspace_centre + [*rng.normal(size=2) * 0.04, 0.0]
     pose = look_at(eye, target, roll=np.radians(rng.normal() * 2))
@@ -467,3 +550,72 @@ def make_training_scenes(count: int, seed: int = 0, width: int = 640, height: in
     frame_seeds = [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(count)]
     camera, noise = Camera.kinect(width, height), None if ideal else KinectNoise()
     return [generate_frame(frame_seed, camera, noise).to_scene(f"synthetic_{frame_seed}") for frame_seed in frame_seeds]
+
+
+# --- accumulated maps and the training cache ----------------------------------------------------
+
+
+def dedupe(scene: Scene, voxel_size: float) -> Scene:
+    """Keep the first point of every ``voxel_size`` voxel, as the node's map accumulator does."""
+    from mask3d_ros.voxel import voxelize
+
+    _, keep, _ = voxelize(scene.xyz, voxel_size)
+    return Scene(scene.xyz[keep], scene.rgb[keep], scene.semantic[keep], scene.instance[keep],
+                 scene.class_names, scene.instance_classes, scene.name)
+
+
+def accumulated_map(seed: int, camera: Camera = Camera.kinect(320, 240), noise: KinectNoise | None = KinectNoise(),
+                    voxel_size: float = 0.005) -> Scene:
+    """Several views of one ``varied`` table merged in the world frame (z up) and voxel-deduplicated:
+    what the node sees when it accumulates a camera moving around a table (the demo). 1-10 views
+    over an arc of 30-360 degrees, at one height or varying heights, so partial and full maps occur."""
+    rng = np.random.default_rng(seed)
+    table_size = (rng.uniform(0.7, 1.4), rng.uniform(0.6, 1.0))
+    half = (rng.uniform(0.15, 0.3), rng.uniform(0.12, 0.22))
+    tabletop = random_tabletop(rng, table_size, (0.0, 0.0), workspace_half=half, varied=True)
+    views, arc = int(rng.integers(1, 11)), np.radians(rng.uniform(30, 360))
+    start = rng.uniform(0, 2 * np.pi)
+    parts = []
+    for index in range(views):
+        azimuth = start + arc * index / max(views - 1, 1)
+        distance, depression = rng.uniform(0.8, 1.3), np.radians(rng.uniform(30, 55))
+        horizontal = distance * np.cos(depression) * np.array([np.cos(azimuth), np.sin(azimuth)])
+        eye = tabletop.workspace_centre + [*horizontal, distance * np.sin(depression)]
+        target = tabletop.workspace_centre + [*rng.normal(size=2) * 0.05, 0.0]
+        frame = render(tabletop, look_at(eye, target), camera, noise, None, int(rng.integers(2**31)))
+        scene = frame.to_scene("view")
+        world = scene.xyz.astype(np.float64) @ frame.camera_pose[:3, :3].T + frame.camera_pose[:3, 3]
+        parts.append(replace(scene, xyz=world.astype(np.float32)))
+    merged = Scene(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("xyz", "rgb", "semantic", "instance")),
+                   CLASS_NAMES, ("object",), f"synthetic_map_{seed}")
+    return dedupe(merged, voxel_size)
+
+
+def _cache_entry(kind: str, seed: int) -> Scene:
+    """One training scene of ``kind``: "frame" (classic mOSD-like), "varied" frame or "map"."""
+    if kind == "map":
+        return accumulated_map(seed)
+    scene = generate_frame(seed, varied=kind == "varied").to_scene(f"synthetic_{kind}_{seed}")
+    return dedupe(scene, 0.004)  # 4 mm: far below the model's voxel, a third of the memory
+
+
+def cached_scenes(kind: str, count: int, seed: int, cache_dir: str | None = None) -> list[Scene]:
+    """``count`` training scenes of ``kind`` with seeds ``seed ...``; with ``cache_dir`` each one is
+    stored there (npz) on first use, so later runs skip the ray casting."""
+    from pathlib import Path
+
+    scenes = []
+    for scene_seed in range(seed, seed + count):
+        path = Path(cache_dir) / f"{kind}_{scene_seed}.npz" if cache_dir else None
+        if path is not None and path.exists():
+            data = np.load(path)
+            scene = Scene(data["xyz"], data["rgb"], data["semantic"].astype(np.int64), data["instance"].astype(np.int64),
+                          CLASS_NAMES, ("object",), f"synthetic_{kind}_{scene_seed}")
+        else:
+            scene = _cache_entry(kind, scene_seed)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, xyz=scene.xyz, rgb=scene.rgb, semantic=scene.semantic.astype(np.int8),
+                         instance=scene.instance.astype(np.int16))
+        scenes.append(scene)
+    return scenes

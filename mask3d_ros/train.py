@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import glob
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from mask3d_ros.augment import AugmentConfig, augment_cloud
+from mask3d_ros.augment import AugmentConfig, augment_cloud, table_normal
 from mask3d_ros.criterion import SceneTargets, SetCriterion
 from mask3d_ros.decoder import DegenerateSceneError, Mask3D, Mask3DConfig
 from mask3d_ros.segmenter import resolve_device
@@ -36,7 +37,9 @@ class TrainConfig:
     model: dict = field(default_factory=dict)            # Mask3DConfig fields
     voxel_size: float = 0.01
     # Scene sources: {"dataset": "mosd"|"scannet"|"npz"|"ply", "paths": [globs]} or
-    # {"dataset": "synthetic", "count": N, "seed": S}; "repeat": R shows a source R times per epoch.
+    # {"dataset": "synthetic", "count": N, "seed": S} (optional "kind": frame|varied|map and "cache": a
+    # folder, see synthetic.cached_scenes); "repeat": R shows a source R times per epoch; "exclude":
+    # [globs] drops matching file names (held-out frames).
     data: list[dict] = field(default_factory=list)
     init_from: str | None = None      # start from these weights (a checkpoint of the same architecture)
     stuff_classes: list[str] = field(default_factory=list)   # trained as one mask per scene
@@ -53,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     out_dir: str = "build/train"
     checkpoint_every: int = 500
+    keep_every: int = 0               # also keep weights-only step_N.ckpt every N steps (model selection)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -85,11 +89,10 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
     for source in config.data:
         kind = source["dataset"]
         if kind == "synthetic":
-            first = int(source.get("seed", 0))
-            loaded = [synthetic.generate_frame(seed).to_scene(f"synthetic_{seed}")
-                      for seed in range(first, first + int(source["count"]))]
+            loaded = _synthetic_source(source, base)
         else:
-            paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern)))
+            paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern))
+                           if not any(fnmatch.fnmatch(Path(p).name, ex) for ex in source.get("exclude", [])))
             if not paths:
                 raise FileNotFoundError(f"no {kind} scenes match {source['paths']} (relative to {base})")
             loaded = [datasets.load_scene(p, dataset=kind) for p in paths]
@@ -100,6 +103,17 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
         if tuple(scene.class_names) != tuple(config.class_names):
             raise ValueError(f"scene {scene.name} has classes {scene.class_names}, the config {config.class_names}")
     return scenes
+
+
+def _synthetic_source(source: dict, base: Path) -> list:
+    """Scenes of a synthetic source; classic frames without a cache render as they always did."""
+    from mask3d_ros import synthetic
+
+    first, count, kind = int(source.get("seed", 0)), int(source["count"]), source.get("kind", "frame")
+    if kind == "frame" and "cache" not in source:
+        return [synthetic.generate_frame(seed).to_scene(f"synthetic_{seed}") for seed in range(first, first + count)]
+    cache = source.get("cache")
+    return synthetic.cached_scenes(kind, count, first, str(base / cache) if cache else None)
 
 
 def colour_statistics(scenes: list) -> tuple[list[float], list[float]]:
@@ -137,12 +151,21 @@ def build_targets(semantic: np.ndarray, instance: np.ndarray, class_names: list[
                         masks=torch.as_tensor(mask_array, dtype=torch.float32))
 
 
+def scene_up(scene, config: TrainConfig) -> np.ndarray | None:
+    """The table normal of a scene (the first stuff class is the support surface), or None."""
+    if not config.stuff_classes or config.stuff_classes[0] not in config.class_names:
+        return None
+    return table_normal(scene.xyz, scene.semantic == config.class_names.index(config.stuff_classes[0]))
+
+
 def prepare_sample(scene, config: TrainConfig, colour_mean: np.ndarray, colour_std: np.ndarray,
-                   rng: np.random.Generator | None, device: torch.device) -> TrainingSample:
-    """Augment (when ``rng`` is given), voxelize, normalise colour, build voxel-level targets."""
+                   rng: np.random.Generator | None, device: torch.device,
+                   up: np.ndarray | None = None) -> TrainingSample:
+    """Augment (when ``rng`` is given; ``up``: the table normal to turn about), voxelize, normalise
+    colour, build voxel-level targets."""
     xyz, rgb, keep = scene.xyz, scene.rgb, np.arange(len(scene.xyz))
     if rng is not None:
-        xyz, rgb, keep = augment_cloud(xyz, rgb, rng, AugmentConfig(**config.augment))
+        xyz, rgb, keep = augment_cloud(xyz, rgb, rng, AugmentConfig(**config.augment), up)
     coords, unique_map, _ = voxelize(xyz, config.voxel_size)
     features = (rgb[unique_map].astype(np.float32) / 255.0 - colour_mean) / colour_std
     point_rows = keep[unique_map]
@@ -198,6 +221,7 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
     scenes = scenes if scenes is not None else load_training_scenes(config, base)
     colour = colour_statistics(scenes)
     colour_mean, colour_std = (np.asarray(c, dtype=np.float32) for c in colour)
+    ups = [scene_up(scene, config) for scene in scenes] if config.augment.get("up_rotation") else [None] * len(scenes)
 
     model = Mask3D(config.model_config()).to(device).train()
     criterion = SetCriterion(len(config.class_names)).to(device)
@@ -229,8 +253,9 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
         while len(outputs) < config.batch_size:
             if not order:
                 order = list(rng.permutation(len(scenes)))
-            sample = prepare_sample(scenes[order.pop()], config, colour_mean, colour_std,
-                                    rng if augment else None, device)
+            index = order.pop()
+            sample = prepare_sample(scenes[index], config, colour_mean, colour_std,
+                                    rng if augment else None, device, ups[index])
             try:
                 outputs.append(model(sample.coords, sample.features, sample.raw_xyz))
             except DegenerateSceneError:
@@ -250,6 +275,9 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.iterations:
             ckpt = checkpoint_dict(model, criterion, config, colour, step + 1, optimizer, scheduler)
             torch.save(ckpt, out_dir / "last.ckpt")
+        if config.keep_every and (step + 1) % config.keep_every == 0:
+            slim = checkpoint_dict(model, criterion, config, colour, step + 1)
+            torch.save(slim, out_dir / f"step_{step + 1}.ckpt")
     ckpt = checkpoint_dict(model, criterion, config, colour, config.iterations, optimizer, scheduler)
     ckpt["history"] = history
     ckpt["train_seconds"] = time.perf_counter() - began

@@ -46,18 +46,18 @@ OUTPUT_TOPICS = [demo.LABELED_CLOUD_TOPIC, demo.INSTANCES_TOPIC]
 FRAME_TIMEOUT_S = 180.0  # one 640 x 480 inference on a busy 2-core machine, with a wide margin
 
 AP50_TOLERANCE = 0.05
-"""Node vs offline AP50 on the 22 mOSD val frames. Measured with the training run's final checkpoint
-(2500 iterations): node 0.083, offline 0.094 (the offline masks may overlap, the node's are disjoint
-and on its 5 mm map); with the step ~1600 checkpoint on 6 of the frames: 0.113 and 0.114."""
+"""Node vs offline AP50 on the 22 mOSD val frames. Measured with the bundled model: node 0.340,
+offline 0.339 (the offline masks may overlap, the node's are disjoint and on its 5 mm map)."""
 
 SYNTHETIC_FRAMES = 8
-MIN_SYNTHETIC_AP25 = 0.10
-"""AP25 floor over the demo's 8 accumulated maps (seed 5: 7 objects). Measured with the bundled model
-(model/mask3d_tabletop.ckpt): AP25 0.157, AP50 0.004. The model is trained on single camera-frame
-views; accumulated 360-degree maps in odom are out of its distribution, so it finds the objects only
-roughly there (stage-1 checkpoint: AP50 0.055, equal to the same model on the same maps built
-offline from the generator's exact poses, i.e. the pipeline loses nothing). The floor proves objects
-are found at all; raising it is the model's open problem (train on accumulated, rotated maps)."""
+MIN_FINAL_MAP_AP50 = 0.45
+MIN_ALL_OUTPUTS_AP50 = 0.30
+"""AP50 floors for the demo's accumulated maps (seed 5: 7 objects). Measured with the bundled model:
+final map 0.571, all 8 outputs 0.493 (AP25 0.857 / 0.710); the previous model, trained on single
+camera views only, scored ~0 on both. The final map holds every cloud whatever the timing, so its
+AP is reproducible and its floor leaves 0.12 for float differences across machines; which earlier
+maps are segmented depends on the machine's load (latest-wins drops), hence the lower floor over all
+outputs."""
 
 OUSTER_TOPIC = "/os1_cloud_node/points"
 
@@ -221,8 +221,8 @@ def test_demo_accumulates_a_moving_camera(tmp_path, model_checkpoint, pose_sourc
     assert summary["truth_coverage"] > 0.99, "map points lie on the ground truth: the poses are right"
     kept = summary["kept_ids"]
     assert kept["kept"] == kept["followed"], f"objects matched in consecutive outputs changed id: {kept}"
-    ap25 = summary["ap_all_outputs"]["AP25"]
-    assert ap25 is not None and ap25 >= MIN_SYNTHETIC_AP25, summary["ap_all_outputs"]
+    assert summary["ap_final_map"]["AP50"] >= MIN_FINAL_MAP_AP50, summary["ap_final_map"]
+    assert summary["ap_all_outputs"]["AP50"] >= MIN_ALL_OUTPUTS_AP50, summary["ap_all_outputs"]
     for picture in ("instances_top.png", "instances_3d.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

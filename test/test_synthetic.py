@@ -104,3 +104,45 @@ def test_training_scenes_and_camera_scaling():
     assert scenes[0].name != scenes[1].name and scenes[0].name.startswith("synthetic_")
     assert scenes[0].class_names == synthetic.CLASS_NAMES and scenes[0].instance_classes == ("object",)
     assert (SMALL.fx, SMALL.fy, SMALL.cx, SMALL.cy) == (131.25, 131.25, 79.5, 59.5)
+
+
+def test_varied_frames_pack_more_objects_and_keep_classic_frames_unchanged():
+    classic = synthetic.generate_frame(11, SMALL)
+    again = synthetic.generate_frame(11, SMALL, varied=False)
+    np.testing.assert_array_equal(classic.xyz, again.xyz)
+    counts = []
+    for seed in range(4):
+        varied = synthetic.generate_frame(seed, SMALL, varied=True)
+        scene = varied.to_scene("v")
+        assert np.all(scene.semantic[scene.instance > 0] == OBJECT)
+        counts.append(len(np.unique(scene.instance[scene.instance > 0])))
+    assert max(counts) >= 4
+
+
+def test_touching_placement_puts_objects_against_each_other():
+    rng = np.random.default_rng(0)
+    placed = [(np.zeros(2), 0.1)]
+    centres = [synthetic._touching_place(rng, 0.05, placed, np.zeros(2), (0.3, 0.2)) for _ in range(40)]
+    distances = [np.linalg.norm(c) for c in centres if c is not None]
+    assert min(distances) < 0.15  # footprints overlap: boxes touch
+    assert all(d >= 0.7 * 0.15 - 1e-9 for d in distances)
+
+
+def test_accumulated_map_is_a_deduplicated_world_frame_cloud():
+    scene = synthetic.accumulated_map(3, Camera.kinect(80, 60), voxel_size=0.01)
+    assert scene.name == "synthetic_map_3" and scene.class_names == synthetic.CLASS_NAMES
+    table = scene.xyz[scene.semantic == TABLE]
+    assert 0.68 < np.median(table[:, 2]) < 0.8 and np.ptp(np.percentile(table[:, 2], [5, 95])) < 0.02  # z up
+    keys = np.floor(scene.xyz / np.float32(0.01)).astype(np.int64)
+    assert len(np.unique(keys, axis=0)) == len(keys)  # one point per voxel
+    again = synthetic.accumulated_map(3, Camera.kinect(80, 60), voxel_size=0.01)
+    np.testing.assert_array_equal(scene.xyz, again.xyz)
+
+
+def test_cached_scenes_come_back_identical(tmp_path):
+    first = synthetic.cached_scenes("map", 1, 7, str(tmp_path))
+    assert (tmp_path / "map_7.npz").exists()
+    second = synthetic.cached_scenes("map", 1, 7, str(tmp_path))
+    for name in ("xyz", "rgb", "semantic", "instance"):
+        np.testing.assert_array_equal(getattr(first[0], name), getattr(second[0], name))
+    assert second[0].semantic.dtype == np.int64 and second[0].name == first[0].name

@@ -6,7 +6,7 @@ import torch
 from mask3d_ros import synthetic
 from mask3d_ros.checkpoint import read_checkpoint
 from mask3d_ros.segmenter import Segmenter
-from mask3d_ros.train import TrainConfig, build_targets, export_weights, train
+from mask3d_ros.train import TrainConfig, build_targets, export_weights, load_training_scenes, scene_up, train
 
 TINY_MODEL = {"backbone": "Res16UNet14A", "backbone_width": 0.25, "hidden_dim": 32, "num_heads": 4,
               "dim_feedforward": 64, "num_queries": 8, "num_decoders": 1}
@@ -48,3 +48,26 @@ def test_loss_goes_down_and_checkpoint_loads(tmp_path):
     scene = _tiny_scenes()[0]
     result = segmenter.segment(scene.xyz, scene.rgb)
     assert len(result.point_instance) == len(scene.xyz)
+
+
+def test_sources_exclude_held_out_frames_and_cache_synthetic_scenes(mosd_dir, tmp_path):
+    config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], data=[
+        {"dataset": "mosd", "paths": [str(mosd_dir / "learn" / "learn1*.pcd")], "exclude": ["learn11.pcd", "learn12.pcd"]},
+        {"dataset": "synthetic", "kind": "map", "count": 1, "seed": 3, "cache": "cache", "repeat": 2},
+    ])
+    scenes = load_training_scenes(config, tmp_path)
+    names = [scene.name for scene in scenes]
+    assert len(names) == 9 + 2 and not any(name.startswith(("learn11", "learn12")) for name in names)
+    assert (tmp_path / "cache" / "map_3.npz").exists() and names[-1] == "synthetic_map_3"
+    up = scene_up(scenes[-1], config)
+    assert abs(up[2]) > 0.99  # a map is in the world frame: the table normal is z
+
+
+def test_keep_every_writes_weight_snapshots(tmp_path):
+    config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], model=TINY_MODEL,
+                         voxel_size=0.02, iterations=4, lr=1e-3, out_dir=str(tmp_path), checkpoint_every=4,
+                         keep_every=2, device="cpu", augment={"up_rotation": 3.1416})
+    torch.set_num_threads(1)
+    train(config, base=tmp_path, progress=False, scenes=_tiny_scenes())
+    assert (tmp_path / "step_2.ckpt").exists() and (tmp_path / "step_4.ckpt").exists()
+    assert read_checkpoint(tmp_path / "step_2.ckpt").description["train_config"]["keep_every"] == 2
