@@ -71,6 +71,7 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 PARAMS_FILE = Path("config/mask3d_tabletop.yaml")
 FASTDDS_PROFILE = Path("config/fastdds_large_clouds.xml")
 REPLAY_POSE_TIMEOUT_S = 1.0  # see node_parameters
+REPLAY_INPUT_DEPTH = 4
 BAG_RATE_HZ = 2.0
 CLOCK_HZ = 40.0
 MAP_VOXEL_SIZE = 0.005
@@ -139,7 +140,12 @@ def node_parameters(layout: BagLayout, checkpoint: Path | None, pose_source: str
         # The replay, the recorder and the node share the CPU cores; on a loaded 2-core machine the
         # /odom sample logged just before a cloud was seen to reach the node's buffer more than the
         # live default of 0.1 s after the cloud (CI: 1 cloud of 8 skipped). Frames are >= 1 s apart.
-        "pose_timeout": REPLAY_POSE_TIMEOUT_S}
+        "pose_timeout": REPLAY_POSE_TIMEOUT_S,
+        # Every cloud adds to the map, and the cloud callback is cheap (decode + accumulate, ~15 ms)
+        # while inference is decoupled by the latest-wins worker, so a few queued clouds cost no
+        # growing latency. With depth 1, a cloud that arrived while the executor stalled (CI: a
+        # 2.5 s stall on a loaded 2-core machine) was replaced by the next one and lost to the map.
+        "input_qos.depth": REPLAY_INPUT_DEPTH}
     if pose_source == "odometry":
         parameters.update(odometry_parameters(layout))
     else:

@@ -117,7 +117,9 @@ PARAMETERS: tuple[Param, ...] = (
       " every publisher, but loses most large clouds unless a shared-memory transport is configured.",
       choices=RELIABILITY_CHOICES),
     P("input_qos.depth", "int", 1, "Queue depth of the cloud subscription. 1 keeps latency flat: a slow"
-      " node drops old clouds instead of queueing them.", min=1, max=100),
+      " node drops old clouds instead of queueing them. When accumulating, a few (the demo uses 4) keep"
+      " clouds that arrive while the executor stalls; inference stays latest-wins either way.",
+      min=1, max=100),
     P("odom_qos.reliability", "str", "reliable", "Reliability of the odometry subscription.",
       choices=RELIABILITY_CHOICES),
     P("odom_qos.depth", "int", 50, "Queue depth of the odometry subscription (keep every sample).", min=1, max=1000),
