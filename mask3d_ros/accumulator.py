@@ -21,7 +21,7 @@ import numpy as np
 from .poses import NS_PER_S, transform_points
 
 _KEY_BITS = 21
-_KEY_LIMIT = 1 << (_KEY_BITS - 1)  # voxel coordinates must lie in [-2^20, 2^20)
+KEY_LIMIT = 1 << (_KEY_BITS - 1)  # voxel coordinates must lie in [-2^20, 2^20)
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ def voxel_keys(xyz: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarr
     inside = np.ones(len(xyz), bool)
     for axis in range(3):
         coord = np.floor(xyz[:, axis].astype(np.float64) / voxel_size)
-        inside &= (coord >= -_KEY_LIMIT) & (coord < _KEY_LIMIT)
+        inside &= (coord >= -KEY_LIMIT) & (coord < KEY_LIMIT)
         keys <<= _KEY_BITS
-        keys |= (np.clip(coord, -_KEY_LIMIT, _KEY_LIMIT - 1).astype(np.int64) + _KEY_LIMIT)
+        keys |= (np.clip(coord, -KEY_LIMIT, KEY_LIMIT - 1).astype(np.int64) + KEY_LIMIT)
     return (keys if inside.all() else keys[inside]), inside
 
 

@@ -389,6 +389,9 @@ def _require_xyz(grid: np.ndarray) -> None:
     missing = [name for name in _XYZ if name not in grid.dtype.names]
     if missing:
         raise CloudFormatError(f"cloud has no field {missing[0]!r} (x, y, z needed); it has {list(grid.dtype.names)}")
+    multiple = [f"{name} (count {grid.dtype[name].shape[0]})" for name in _XYZ if grid.dtype[name].shape]
+    if multiple:
+        raise CloudFormatError(f"x, y and z must hold one value per point: {', '.join(multiple)}")
 
 
 def _gather_xyz(grid: np.ndarray, keep) -> np.ndarray:

@@ -46,7 +46,7 @@ from visualization_msgs.msg import MarkerArray
 
 from . import cloud as cloud_codec
 from . import diagnostics, params
-from .accumulator import _KEY_LIMIT as MAP_KEY_LIMIT, RollingMap
+from .accumulator import KEY_LIMIT as MAP_KEY_LIMIT, RollingMap
 from .inference import ModelError, ModelRunner
 from .markers import MarkerBuilder, MarkerStyle
 from .outputs import (LABELED_CLOUD_DTYPE, InstanceTracker, add_boxes, build_detections, build_instance_array,
@@ -385,9 +385,6 @@ class Mask3DNode(Node):
         try:
             if not frame:
                 raise cloud_codec.CloudFormatError("header.frame_id is empty")
-            multiple = [f"{f.name} (count {f.count})" for f in msg.fields if f.name in ("x", "y", "z") and f.count != 1]
-            if multiple:
-                raise cloud_codec.CloudFormatError(f"x, y and z must hold one value per point: {', '.join(multiple)}")
             xyz, rgb, index = cloud_codec.xyz_rgb_from_cloud(msg)
             rgb = self._input_colours(msg, rgb, index)
             if rgb.shape != xyz.shape:  # e.g. a colour or intensity field with count > 1

@@ -227,3 +227,21 @@ class Harness:
         self.client.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(2.0)
+
+
+def interrupt(process, within_s: float = 2.0) -> tuple[float, str]:
+    """Ctrl-C a node process started with ``stdout=PIPE, stderr=STDOUT, text=True``; (seconds until
+    it exited, its output), or AssertionError with the output when it outlives ``within_s``."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"no exit within {within_s:g} s of SIGINT:\n{process.communicate(timeout=10)[0]}") from None
+    elapsed = time.monotonic() - start
+    return elapsed, process.communicate(timeout=10)[0]
+

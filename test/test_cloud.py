@@ -364,6 +364,12 @@ def test_missing_fields_raise_specific_error():
     assert issubclass(CloudFormatError, ValueError)
 
 
+def test_xyz_with_several_values_per_point_is_refused():
+    msg = cloud_msg([field("x", 0, 7, count=2), field("y", 8, 7), field("z", 12, 7)], bytes(32), 2, 1, 16)
+    with pytest.raises(CloudFormatError, match=r"x, y and z must hold one value per point: x \(count 2\)"):
+        xyz_rgb_from_cloud(msg)
+
+
 def test_empty_default_message_is_valid():
     msg = PointCloud2()
     assert validate_cloud(msg).names == ()

@@ -9,7 +9,6 @@ Covered elsewhere, not repeated here: one failed inference then an answered clou
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from std_msgs.msg import Header
 
 from mask3d_ros.cloud import create_cloud
 from mask3d_ros.poses import NS_PER_S, stamp_to_ns
-from ros_harness import FakeModel, Harness, Inbox, cloud_msg, spun_node, stamp, wait_for
+from ros_harness import FakeModel, Harness, Inbox, cloud_msg, interrupt, spun_node, stamp, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -271,15 +270,7 @@ def test_sigint_during_inference_exits_cleanly_within_2_s():
             except AssertionError:
                 process.kill()
                 raise AssertionError(process.communicate(timeout=10)[0]) from None
-            start = time.monotonic()
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise AssertionError(f"no exit within 2 s of SIGINT:\n{process.communicate(timeout=10)[0]}") from None
-            elapsed = time.monotonic() - start
-            output = process.communicate(timeout=10)[0]
+            elapsed, output = interrupt(process, 2.0)
             assert process.returncode == 0, output
             assert "Traceback" not in output, output
             print(f"exit {elapsed:.2f} s after SIGINT; abandoned a running inference:"

@@ -5,10 +5,8 @@ then Ctrl-C (SIGINT) ends it within 2 s."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from mask3d_ros.cloud import create_cloud
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.pointfile import read_pcd
 from mask3d_ros.poses import NS_PER_S
-from ros_harness import Inbox, spun_node, stamp, wait_for
+from ros_harness import Inbox, interrupt, spun_node, stamp, wait_for
 from test_node import check_outputs
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -83,16 +81,7 @@ def test_process_segments_a_reliable_depth_cloud_and_stops_on_sigint(graph, mosd
         publisher.publish(msg)
         wait_for(lambda: any(int({kv.key: kv.value for kv in d.status[0].values}["clouds_received"]) >= 2
                              for d in diagnostics.messages), 30, "the second cloud")
-        start = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output = process.communicate(timeout=10)[0]
-            raise AssertionError(f"no exit within 2 s of SIGINT:\n{output}") from None
-        elapsed = time.monotonic() - start
-        output = process.communicate(timeout=10)[0]
+        elapsed, output = interrupt(process, 2.0)
         assert process.returncode == 0, output
         assert "RANDOM WEIGHTS" in output, "random weights are loudly warned"
         print(f"exit {elapsed:.2f} s after SIGINT")

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 
 @dataclass
 class Row:
@@ -55,14 +57,9 @@ def race(runs: dict[str, Callable[[], object]], repeats: int, warmup: bool = Tru
 
 
 def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    position = (len(ordered) - 1) * q / 100.0
-    low = int(math.floor(position))
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    """The q-th percentile (0..100) by linear interpolation (numpy's); NaN for no values."""
+    values = list(values)
+    return float(np.percentile(values, q)) if values else math.nan
 
 
 def cpu_model() -> str:
