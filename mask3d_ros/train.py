@@ -38,8 +38,9 @@ class TrainConfig:
     voxel_size: float = 0.01
     # Scene sources: {"dataset": "mosd"|"scannet"|"npz"|"ply", "paths": [globs]} or
     # {"dataset": "synthetic", "count": N, "seed": S} (optional "kind": frame|varied|map and "cache": a
-    # folder, see synthetic.cached_scenes); "repeat": R shows a source R times per epoch; "exclude":
-    # [globs] drops matching file names (held-out frames).
+    # folder, see synthetic.cached_scenes) or {"dataset": "copy_paste", "paths": [globs], "count": N,
+    # "seed": S} (real objects pasted into real frames, see copy_paste.make_scenes); "repeat": R shows
+    # a source R times per epoch; "exclude": [globs] drops matching file names (held-out frames).
     data: list[dict] = field(default_factory=list)
     init_from: str | None = None      # start from these weights (a checkpoint of the same architecture)
     stuff_classes: list[str] = field(default_factory=list)   # trained as one mask per scene
@@ -83,19 +84,18 @@ class TrainingSample:
 
 def load_training_scenes(config: TrainConfig, base: Path) -> list:
     """Read every scene the config names (relative paths are relative to ``base``, the cwd)."""
-    from mask3d_ros import datasets, synthetic
+    from mask3d_ros import copy_paste, datasets
 
     scenes = []
     for source in config.data:
         kind = source["dataset"]
         if kind == "synthetic":
             loaded = _synthetic_source(source, base)
+        elif kind == "copy_paste":
+            frames = [datasets.load_scene(p) for p in _source_paths(source, base)]
+            loaded = copy_paste.make_scenes(frames, int(source["count"]), int(source.get("seed", 0)))
         else:
-            paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern))
-                           if not any(fnmatch.fnmatch(Path(p).name, ex) for ex in source.get("exclude", [])))
-            if not paths:
-                raise FileNotFoundError(f"no {kind} scenes match {source['paths']} (relative to {base})")
-            loaded = [datasets.load_scene(p, dataset=kind) for p in paths]
+            loaded = [datasets.load_scene(p, dataset=kind) for p in _source_paths(source, base)]
         scenes += loaded * int(source.get("repeat", 1))
     if not scenes:
         raise ValueError("the training config names no scenes")
@@ -103,6 +103,15 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
         if tuple(scene.class_names) != tuple(config.class_names):
             raise ValueError(f"scene {scene.name} has classes {scene.class_names}, the config {config.class_names}")
     return scenes
+
+
+def _source_paths(source: dict, base: Path) -> list[str]:
+    """The files a source's ``paths`` globs match, minus its ``exclude`` name globs."""
+    paths = sorted(p for pattern in source["paths"] for p in glob.glob(str(base / pattern))
+                   if not any(fnmatch.fnmatch(Path(p).name, ex) for ex in source.get("exclude", [])))
+    if not paths:
+        raise FileNotFoundError(f"no {source['dataset']} scenes match {source['paths']} (relative to {base})")
+    return paths
 
 
 def _synthetic_source(source: dict, base: Path) -> list:

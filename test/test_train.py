@@ -1,6 +1,7 @@
 """Training smoke test: a few iterations on tiny synthetic scenes lower the loss, and the
 checkpoint it writes loads strictly like a released one."""
 import numpy as np
+import pytest
 import torch
 
 from mask3d_ros import synthetic
@@ -61,6 +62,21 @@ def test_sources_exclude_held_out_frames_and_cache_synthetic_scenes(mosd_dir, tm
     assert (tmp_path / "cache" / "map_3.npz").exists() and names[-1] == "synthetic_map_3"
     up = scene_up(scenes[-1], config)
     assert abs(up[2]) > 0.99  # a map is in the world frame: the table normal is z
+
+
+def test_copy_paste_source_composes_from_the_named_frames_only(mosd_dir, tmp_path):
+    config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], data=[
+        {"dataset": "copy_paste", "paths": [str(mosd_dir / "learn" / "learn1*.pcd")], "count": 2, "seed": 1,
+         "exclude": ["learn1[0-6].pcd"]},
+    ])
+    scenes = load_training_scenes(config, tmp_path)
+    assert [scene.name for scene in scenes] == ["copy_paste_1_0", "copy_paste_1_1"]
+    for scene in scenes:
+        assert len(np.unique(scene.instance[scene.instance > 0])) >= 4
+        assert set(np.unique(scene.semantic)) <= {-1, 0, 1}
+    config.data[0]["exclude"] = ["learn1*.pcd"]
+    with pytest.raises(FileNotFoundError, match="copy_paste"):
+        load_training_scenes(config, tmp_path)
 
 
 def test_keep_every_writes_weight_snapshots(tmp_path):
