@@ -6,10 +6,16 @@ Data flow::
         --trigger (per frame / rate / ~/segment_now)--> LatestWinsWorker --model--> selection,
         stable ids, boxes --> ~/labeled_cloud, ~/instances, ~/detections, ~/markers
 
-Threads: the MultiThreadedExecutor runs the cloud, odometry, service and timer callbacks in
-separate callback groups, so TF, parameters and services stay responsive while a cloud callback
-waits for a pose; inference runs in the worker thread, never in a callback. Every output carries
-the stamp of the newest cloud in the map and the map's frame.
+Threads: no callback ever blocks, so one SingleThreadedExecutor runs them all (cloud, odometry,
+TF, services, parameters, timers) and inference runs in the worker thread, never in a callback.
+A cloud whose pose (odometry or TF newer than its stamp) has not arrived yet waits, decoded, in a
+small bounded queue (:class:`~mask3d_ros.poses.PendingPoses`) and is retried when odometry arrives
+and on a short steady timer, in arrival order, until ``pose_timeout``; then it counts as a pose
+failure. (A blocking pose wait would need rclpy's MultiThreadedExecutor, whose spin loop
+re-submits callbacks its pool has not started yet without waiting and, under load, starves
+inference of the GIL.) The callbacks are still split into callback groups and share no unguarded state, so the
+node also runs correctly under a MultiThreadedExecutor. Every output carries the stamp of the
+newest cloud in the map and the map's frame.
 
 Run: ``ros2 run mask3d_ros mask3d_node --ros-args --params-file config/mask3d_tabletop.yaml``
 or ``python -m mask3d_ros.node --ros-args ...``.
@@ -34,7 +40,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
@@ -51,12 +57,14 @@ from .inference import ModelError, ModelRunner
 from .markers import MarkerBuilder, MarkerStyle
 from .outputs import (LABELED_CLOUD_DTYPE, InstanceTracker, add_boxes, build_detections, build_instance_array,
                       build_label_info, import_vision_msgs, labeled_records, select_instances)
-from .poses import (IdentityPoses, OdometryBuffer, OdometryPoses, PoseUnavailable, TfPoses, format_stamp,
-                    import_tf2, matrix_from_pose, stamp_to_ns)
+from .poses import (IdentityPoses, OdometryBuffer, OdometryPoses, PendingPoses, PoseOutcome, PoseUnavailable,
+                    TfPoses, format_stamp, import_tf2, matrix_from_pose, stamp_to_ns)
 from .worker import LatestWinsWorker
 
 NODE_NAME = "mask3d"
 THROTTLE_S = 5.0
+PENDING_POSE_LIMIT = 8  # decoded clouds waiting for their pose, at most
+PENDING_POSE_RETRY_S = 0.02  # retry period of those clouds (steady clock; the timer runs only while one waits)
 _IGNORED_OVERRIDES = ("use_sim_time", "start_type_description_service", "qos_overrides.")
 
 
@@ -167,6 +175,9 @@ class Mask3DNode(Node):
                                        cfg["odometry.sensor_frame"])
         else:
             self.poses = IdentityPoses()
+        self.pending_poses = PendingPoses(self.poses, limit=PENDING_POSE_LIMIT)
+        self._pending_lock = threading.Lock()  # serialises the queue and the map adds it releases
+        self._pending_timer = None
         if self.pose_source_name == "odometry":
             self.create_subscription(
                 Odometry, cfg["odom_topic"], self._on_odometry,
@@ -225,7 +236,12 @@ class Mask3DNode(Node):
             event_callbacks=SubscriptionEventCallbacks(
                 incompatible_qos=lambda info: self._on_incompatible_subscription(info, "input_qos")))
 
-        # timers: inference rate on the node clock (sim time aware), diagnostics on a steady clock
+        # timers: inference rate on the node clock (sim time aware), diagnostics and the retry of clouds
+        # waiting for a pose on a steady clock (the retry timer runs only while a cloud waits)
+        self._pending_timer = self.create_timer(PENDING_POSE_RETRY_S, self._on_pending_timer,
+                                                callback_group=self.cloud_group,
+                                                clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._pending_timer.cancel()
         self.rate_timer = None
         if cfg["trigger.mode"] == "rate":
             self.rate_timer = self.create_timer(1.0 / cfg["trigger.rate"], self._on_rate_timer,
@@ -335,6 +351,9 @@ class Mask3DNode(Node):
         except ValueError as error:
             self.counters.add("odometry_rejected")
             self.get_logger().warn(f"odometry ignored: {error}", throttle_duration_sec=THROTTLE_S)
+            return
+        if self.pending_poses.waiting:
+            self._retry_pending()
 
     def _input_colours(self, msg: PointCloud2, rgb, index: np.ndarray) -> np.ndarray:
         cfg = self.config
@@ -372,10 +391,14 @@ class Mask3DNode(Node):
         the node keeps its map and carries on."""
         try:
             self._add_cloud(msg)
-        except Exception:  # noqa: BLE001 - the node outlives its bugs; the traceback is logged
-            errors = self.counters.add("cloud_errors")
-            self.get_logger().error(f"cloud lost to an internal error, please report it [{errors} so far]:\n"
-                                    f"{traceback.format_exc()}", throttle_duration_sec=THROTTLE_S)
+        except Exception as error:  # noqa: BLE001 - the node outlives its bugs; the traceback is logged
+            self._internal_error(error)
+
+    def _internal_error(self, error: BaseException) -> None:
+        errors = self.counters.add("cloud_errors")
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self.get_logger().error(f"cloud lost to an internal error, please report it [{errors} so far]:\n{text}",
+                                throttle_duration_sec=THROTTLE_S)
 
     def _add_cloud(self, msg: PointCloud2) -> None:
         received = self.counters.add("clouds_received")
@@ -401,12 +424,47 @@ class Mask3DNode(Node):
             log.warn(f"cloud on {self.cloud_sub.topic_name} has no finite points; skipped",
                      throttle_duration_sec=THROTTLE_S)
             return
+        with self._pending_lock:  # never waits for data: a cloud without its pose yet is queued
+            self._settle(self.pending_poses.offer(frame, stamp_ns, (xyz, rgb), self.config["pose_timeout"]))
+
+    def _on_pending_timer(self) -> None:
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        """Retry the clouds waiting for their pose (odometry arrived, or the retry timer)."""
         try:
-            pose = self.poses.lookup(frame, stamp_ns, self.config["pose_timeout"])
-        except PoseUnavailable as error:
-            failures = self.counters.add("pose_failures")
-            log.warn(f"cloud skipped, no pose: {error} [{failures} skipped so far]", throttle_duration_sec=THROTTLE_S)
-            return
+            with self._pending_lock:
+                self._settle(self.pending_poses.poll())
+        except Exception as error:  # noqa: BLE001 - as in _on_cloud
+            self._internal_error(error)
+
+    def _settle(self, outcomes: list[PoseOutcome]) -> None:
+        """Caller holds ``_pending_lock``. Accumulate the clouds whose pose came, count the others,
+        in arrival order; run the retry timer only while a cloud still waits."""
+        try:
+            for outcome in outcomes:
+                try:
+                    if outcome.error is None:
+                        self._accumulate(outcome.frame_id, outcome.stamp_ns, *outcome.item, outcome.pose)
+                    elif isinstance(outcome.error, PoseUnavailable):
+                        failures = self.counters.add("pose_failures")
+                        self.get_logger().warn(f"cloud skipped, no pose: {outcome.error} [{failures} skipped so far]",
+                                               throttle_duration_sec=THROTTLE_S)
+                    else:
+                        raise outcome.error
+                except Exception as error:  # noqa: BLE001 - one cloud's bug must not lose the others
+                    self._internal_error(error)
+        finally:
+            timer = self._pending_timer
+            if timer is not None:
+                if self.pending_poses.waiting:
+                    if timer.is_canceled():
+                        timer.reset()
+                elif not timer.is_canceled():
+                    timer.cancel()
+
+    def _accumulate(self, frame: str, stamp_ns: int, xyz: np.ndarray, rgb: np.ndarray, pose: np.ndarray) -> None:
+        log = self.get_logger()
         with self._map_lock:
             if self.pose_source_name == "none" and frame != self.map_frame:
                 if self.map_frame:
@@ -531,14 +589,18 @@ class Mask3DNode(Node):
             self.model.release()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._map_lock:
-            dropped = self.map.num_points
-            self.map.reset()
-            self._reset_generation += 1
+        with self._pending_lock:
+            waiting = len(self.pending_poses.clear())  # received before the reset: not for the new map
+            with self._map_lock:
+                dropped = self.map.num_points
+                self.map.reset()
+                self._reset_generation += 1
+            self._settle([])
         self.worker.clear()
         self.worker.run_in_worker(self._reset_outputs)  # after a running inference, whose result is discarded
         response.success = True
-        response.message = f"map cleared ({dropped} points dropped)"
+        response.message = f"map cleared ({dropped} points dropped)" + (
+            f"; {waiting} cloud(s) waiting for a pose dropped" if waiting else "")
         self.get_logger().info(response.message)
         return response
 
@@ -607,6 +669,7 @@ class Mask3DNode(Node):
             "stamp_age_s": round((now_ns - newest) / 1e9, 3) if newest else "n/a",
             **self.counters.snapshot(),
             "tf_failures" if self.pose_source_name == "tf" else "pose_failures": self.counters["pose_failures"],
+            "clouds_waiting_for_pose": len(self.pending_poses),
             "last_cloud_points": self._last_cloud_points,
             "map_points": self.map.num_points,
             "map_voxels": self.map.num_points,
@@ -711,7 +774,7 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         rclpy.try_shutdown()
         return 0
-    executor = MultiThreadedExecutor(num_threads=5)
+    executor = SingleThreadedExecutor()  # no callback blocks; see the module docstring
     executor.add_node(node)
     stopped = True
     try:

@@ -10,6 +10,10 @@ is tested with injected poses and the node does not care which source is configu
   rotation), composed with a static body-to-sensor extrinsic;
 * :class:`TfPoses` (``pose_source: tf``): a tf2_ros buffer lookup at the cloud stamp with a timeout.
 
+:class:`PendingPoses` holds the clouds whose pose has not arrived yet, so that nobody blocks
+waiting for one: they are retried when new pose data arrives (or on a short timer) and given up
+after their timeout.
+
 Transforms are 4x4 float64 numpy matrices ``T_a_b`` mapping points in frame b to frame a.
 Stamps are integer nanoseconds. Nothing here imports rclpy; tf2_ros is imported lazily.
 """
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Protocol, Sequence
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
@@ -26,14 +33,24 @@ NS_PER_S = 1_000_000_000
 
 
 class PoseUnavailable(Exception):
-    """No pose for this cloud; the message says why (it is shown to the user)."""
+    """No pose for this cloud; the message says why (it is shown to the user).
+
+    ``pending`` is True when the pose may still come (odometry or TF newer than the stamp has not
+    arrived yet), so a later lookup can succeed; False when waiting cannot help.
+    """
+
+    def __init__(self, message: str, pending: bool = False):
+        super().__init__(message)
+        self.pending = pending
 
 
 class PoseSource(Protocol):
     """Pose of ``frame_id`` in the fixed frame at ``stamp_ns``.
 
     ``lookup`` returns a 4x4 matrix ``T_fixed_frame`` or raises :class:`PoseUnavailable`. It may
-    block up to ``timeout_s`` waiting for data that has not arrived yet.
+    block up to ``timeout_s`` waiting for data that has not arrived yet; with ``timeout_s`` 0 it
+    never blocks, and marks the error ``pending`` when the data may still arrive (the node always
+    calls it so, and retries through :class:`PendingPoses`).
     """
 
     def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray: ...
@@ -205,7 +222,7 @@ class OdometryBuffer:
         with self._changed:
             stamps = self._stamps
             if not stamps:
-                raise PoseUnavailable("no odometry received yet")
+                raise PoseUnavailable("no odometry received yet", pending=True)
             if stamp_ns < stamps[0]:
                 raise PoseUnavailable(
                     f"cloud stamp {format_stamp(stamp_ns)} is older than the oldest odometry"
@@ -214,7 +231,7 @@ class OdometryBuffer:
                 raise PoseUnavailable(
                     f"cloud stamp {format_stamp(stamp_ns)} is newer than the newest odometry"
                     f" ({format_stamp(stamps[-1])}, {(stamp_ns - stamps[-1]) / 1e6:.0f} ms behind);"
-                    " is odometry publishing, and are both stamped by the same clock?")
+                    " is odometry publishing, and are both stamped by the same clock?", pending=True)
             i = bisect.bisect_left(stamps, stamp_ns)
             if stamps[i] == stamp_ns:
                 return matrix_from_pose(self._translations[i], self._quaternions[i])
@@ -290,7 +307,113 @@ class TfPoses:
                 self.fixed_frame, frame_id, self._make_time(stamp_ns), self._make_duration(timeout_s))
         except Exception as error:  # tf2 raises LookupException, ExtrapolationException, ...
             kind = type(error).__name__
-            raise PoseUnavailable(
+            raise PoseUnavailable(  # tf2 waits out its timeout for any error, so may a retry
                 f"TF {frame_id!r} -> {self.fixed_frame!r} at {format_stamp(stamp_ns)} unavailable"
-                f" ({kind}: {str(error).strip() or 'no detail'})") from error
+                f" ({kind}: {str(error).strip() or 'no detail'})", pending=True) from error
         return matrix_from_transform_msg(stamped.transform)
+
+
+# --- clouds waiting for their pose ------------------------------------------------------------
+
+
+@dataclass
+class PoseOutcome:
+    """A cloud that left :class:`PendingPoses`: with its ``pose``, or with the ``error`` that ended
+    its wait: a :class:`PoseUnavailable` (timed out, waiting cannot help, or pushed out of a full
+    queue), or any other exception the source raised (a bug; the caller reports it)."""
+
+    frame_id: str
+    stamp_ns: int
+    item: Any
+    pose: np.ndarray | None = None
+    error: Exception | None = None
+    waited_s: float = 0.0
+
+
+@dataclass
+class _Waiting:
+    frame_id: str
+    stamp_ns: int
+    item: Any
+    since: float
+    deadline: float
+
+
+class PendingPoses:
+    """Clouds (any ``item``) whose pose is not available yet, in a bounded first-in first-out queue.
+
+    :meth:`offer` looks the pose up without blocking; a cloud whose pose may still come
+    (:attr:`PoseUnavailable.pending`) waits until :meth:`poll` finds it (call it when pose data
+    arrives, and on a short timer while :attr:`waiting`), and is given up after ``timeout_s``.
+    Outcomes come out in arrival order: a cloud never overtakes an older one still waiting (the
+    map is accumulated in stamp order, as when each cloud waited in its callback). At most
+    ``limit`` clouds wait; the oldest is given up when a new one would exceed it.
+
+    Not thread-safe: the caller serialises :meth:`offer`, :meth:`poll` and :meth:`clear` (and
+    handles the outcomes of one call before the next). An exception other than
+    :class:`PoseUnavailable` from the source (a bug) ends that cloud's wait with it as the error,
+    and the rest wait for the next call.
+    """
+
+    def __init__(self, source: PoseSource, limit: int = 8, clock: Callable[[], float] = time.monotonic):
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.source = source
+        self.limit = limit
+        self._clock = clock
+        self._queue: deque[_Waiting] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._queue)
+
+    def offer(self, frame_id: str, stamp_ns: int, item: Any, timeout_s: float) -> list[PoseOutcome]:
+        """Queue a cloud and return every outcome now known, in arrival order (this cloud's too
+        when its pose is available, or unavailable for good)."""
+        now = self._clock()
+        out = []
+        if len(self._queue) >= self.limit:
+            old = self._queue.popleft()
+            out.append(self._outcome(old, now, error=PoseUnavailable(
+                f"no pose within {now - old.since:.2f} s and {self.limit} newer clouds waiting for theirs"
+                " (the pending queue is full)")))
+        self._queue.append(_Waiting(frame_id, stamp_ns, item, now, now + max(float(timeout_s), 0.0)))
+        out.extend(self._drain(now))
+        return out
+
+    def poll(self) -> list[PoseOutcome]:
+        """Retry the waiting clouds (oldest first); the outcomes now known, in arrival order."""
+        return self._drain(self._clock()) if self._queue else []
+
+    def clear(self) -> list[Any]:
+        """Forget every waiting cloud (e.g. a map reset); returns their items."""
+        items = [w.item for w in self._queue]
+        self._queue.clear()
+        return items
+
+    def _drain(self, now: float) -> list[PoseOutcome]:
+        out = []
+        while self._queue:
+            head = self._queue[0]
+            try:
+                pose = self.source.lookup(head.frame_id, head.stamp_ns, 0.0)
+            except PoseUnavailable as error:
+                if getattr(error, "pending", False) and now < head.deadline:
+                    break  # the oldest still waits, and so do the newer ones behind it
+                self._queue.popleft()
+                out.append(self._outcome(head, now, error=error))
+                continue
+            except Exception as error:  # noqa: BLE001 - a bug in the source: this cloud is lost, not the queue
+                self._queue.popleft()
+                out.append(self._outcome(head, now, error=error))
+                break
+            self._queue.popleft()
+            out.append(self._outcome(head, now, pose=pose))
+        return out
+
+    @staticmethod
+    def _outcome(waiting: _Waiting, now: float, pose=None, error=None) -> PoseOutcome:
+        return PoseOutcome(waiting.frame_id, waiting.stamp_ns, waiting.item, pose, error, max(0.0, now - waiting.since))

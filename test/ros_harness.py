@@ -1,6 +1,7 @@
-"""Helpers for tests that build real rclpy graphs: a node under test plus a client node spun by a
-MultiThreadedExecutor in a background thread (each harness in its own rclpy Context), message
-inboxes, a deterministic fake model and cloud builders."""
+"""Helpers for tests that build real rclpy graphs: a node under test plus a client node spun in a
+background thread (each harness in its own rclpy Context) by a SingleThreadedExecutor, as
+``mask3d_node`` runs it (or another executor type: the node also runs under a
+MultiThreadedExecutor), message inboxes, a deterministic fake model and cloud builders."""
 from __future__ import annotations
 
 import threading
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -157,7 +158,7 @@ class Harness:
     """A Mask3DNode and a client node in one Context, spun in a background thread."""
 
     def __init__(self, params: dict | None = None, model=None, pose_source=None, cli_args=None,
-                 name: str = "mask3d", namespace: str | None = None):
+                 name: str = "mask3d", namespace: str | None = None, executor_type=SingleThreadedExecutor):
         self.context = Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
@@ -169,7 +170,8 @@ class Harness:
             rclpy.shutdown(context=self.context)
             raise
         self.client = rclpy.create_node("test_client", context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=5, context=self.context)
+        self.executor = (MultiThreadedExecutor(num_threads=5, context=self.context)
+                         if executor_type is MultiThreadedExecutor else executor_type(context=self.context))
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
         self._thread = threading.Thread(target=self._spin, daemon=True)
