@@ -13,9 +13,9 @@ small bounded queue (:class:`~mask3d_ros.poses.PendingPoses`) and is retried whe
 and on a short steady timer, in arrival order, until ``pose_timeout``; then it counts as a pose
 failure. (A blocking pose wait would need rclpy's MultiThreadedExecutor, whose spin loop
 re-submits callbacks its pool has not started yet without waiting and, under load, starves
-inference of the GIL.) The callbacks are still split into callback groups and share no unguarded state, so the
-node also runs correctly under a MultiThreadedExecutor. Every output carries the stamp of the
-newest cloud in the map and the map's frame.
+inference of the GIL.) The callbacks are still split into callback groups and share no unguarded
+state, so the node also runs correctly under a MultiThreadedExecutor. Every output carries the
+stamp of the newest cloud in the map and the map's frame.
 
 Run: ``ros2 run mask3d_ros mask3d_node --ros-args --params-file config/mask3d_tabletop.yaml``
 or ``python -m mask3d_ros.node --ros-args ...``.
