@@ -46,19 +46,19 @@ OUTPUT_TOPICS = [demo.LABELED_CLOUD_TOPIC, demo.INSTANCES_TOPIC]
 FRAME_TIMEOUT_S = 180.0  # one 640 x 480 inference on a busy 2-core machine, with a wide margin
 
 AP50_TOLERANCE = 0.05
-"""Node vs offline AP50 on the 22 mOSD val frames. Measured with the bundled model: node 0.340,
-offline 0.339 (the offline masks may overlap, the node's are disjoint and on its 5 mm map)."""
+"""Node vs offline AP50 on the 22 mOSD val frames. Measured with the bundled model: node 0.465,
+offline 0.456 (the offline masks may overlap, the node's are disjoint and on its 5 mm map)."""
 
 SYNTHETIC_FRAMES = 8
 MIN_FINAL_MAP_AP50 = 0.40
 MIN_ALL_OUTPUTS_AP50 = 0.30
 """AP50 floors for the demo's accumulated maps (seed 5: 7 objects). Measured with the bundled model:
-final map 0.571 (4 of 7 objects at IoU 0.5), all 8 outputs 0.493 (AP25 0.857 / 0.710); the previous
-model, trained on single camera views only, scored ~0 on both. With all 8 clouds the final map is the
-same whatever the timing (0.571 in every run here), but AP50 moves in steps of 1/7: the floor lets one
-object flip (0.429, measured once when a cloud was lost before the node saw it). Which earlier maps
-are segmented depends on the machine's load (latest-wins drops), hence the lower floor over all
-outputs (0.487 and 0.493 measured)."""
+final map 0.519 (AP25 0.857), all 8 outputs 0.492 (AP25 0.692); the stage 3 model 0.571 and 0.493;
+the stage 2 model, trained on single camera views only, scored ~0 on both. With all 8 clouds (asserted
+first) the final map is the same whatever the timing (0.519 in every run here); AP50 moves in steps
+of about 1/7 (one of 7 objects), and a lost cloud cost one object once (0.429 with the stage 3
+model). Which earlier maps are segmented depends on the machine's load (latest-wins drops), hence
+the lower floor over all outputs (0.487-0.501 measured with stage 3-5 models)."""
 
 OUSTER_TOPIC = "/os1_cloud_node/points"
 
