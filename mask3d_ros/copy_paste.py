@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import minimum_filter
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from mask3d_ros.augment import table_normal
 from mask3d_ros.datasets import IGNORE, Scene
@@ -44,6 +45,11 @@ class TablePlane:
 
     def from_plane(self, uvw: np.ndarray) -> np.ndarray:
         return uvw @ self.axes + self.origin
+
+    @property
+    def camera(self) -> np.ndarray:
+        """The camera (the origin of the cloud's frame) in plane coordinates."""
+        return -self.origin @ self.axes.T
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,6 @@ def extract_objects(scene: Scene, table_class: int = 0) -> list[RealObject]:
     plane = table_plane(scene, table_class)
     if plane is None:
         return []
-    camera = plane.to_plane(np.zeros((1, 3)))[0]
     objects = []
     for instance in np.unique(scene.instance[scene.instance > 0]):
         member = scene.instance == instance
@@ -97,16 +102,9 @@ def extract_objects(scene: Scene, table_class: int = 0) -> list[RealObject]:
             continue
         centre, radius = _footprint(uvw)
         uvw[:, :2] -= centre
-        objects.append(RealObject(uvw, scene.rgb[member], radius, _azimuth(camera[:2] - centre),
+        objects.append(RealObject(uvw, scene.rgb[member], radius, _azimuth(plane.camera[:2] - centre),
                                   f"{scene.name}#{instance}"))
     return objects
-
-
-def _turn(uvw: np.ndarray, angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    out = uvw.copy()
-    out[:, 0], out[:, 1] = c * uvw[:, 0] - s * uvw[:, 1], s * uvw[:, 0] + c * uvw[:, 1]
-    return out
 
 
 def visible(xyz: np.ndarray, camera: Camera = Camera(), margin: float = OCCLUSION_MARGIN,
@@ -132,15 +130,16 @@ def compose(host: Scene, bank: list[RealObject], rng: np.random.Generator, added
     """``host`` with ``added`` (range) objects from ``bank`` set down on free spots of its table.
 
     A ``touching`` fraction of the objects is placed against one already there (gap 0-1 cm), a
-    ``stacked`` fraction on top of one, the rest anywhere free. Objects are turned to face the host camera as they faced their own
-    (plus up to ``turn_noise``). Points hidden after pasting are removed, and so are objects
-    left with fewer than ``MIN_OBJECT_POINTS // 3`` points (marked unlabelled).
+    ``stacked`` fraction on top of one, the rest anywhere free. Objects are turned to face the
+    host camera as they faced their own (plus up to ``turn_noise``). Points hidden after pasting
+    are removed, and so are objects left with fewer than ``MIN_OBJECT_POINTS // 3`` points (marked
+    unlabelled).
     """
     plane = table_plane(host, table_class)
     if plane is None or not bank:
         raise ValueError(f"{host.name}: no table to paste onto" if plane is None else "no objects to paste")
     host_uvw = plane.to_plane(host.xyz)
-    camera_uv = plane.to_plane(np.zeros((1, 3)))[0, :2]
+    camera_uv = plane.camera[:2]
     support = cKDTree(host_uvw[(host.semantic == table_class) | (host.instance > 0), :2])
     placed = [(*_footprint(host_uvw[host.instance == i]), float(np.percentile(host_uvw[host.instance == i, 2], 95)))
               for i in np.unique(host.instance[host.instance > 0])]
@@ -160,8 +159,7 @@ def compose(host: Scene, bank: list[RealObject], rng: np.random.Generator, added
             if centre is None:
                 continue
         angle = _azimuth(camera_uv - centre) - obj.view_azimuth + rng.uniform(-turn_noise, turn_noise)
-        uvw = _turn(obj.xyz, angle)
-        uvw += [*centre, height]
+        uvw = Rotation.from_euler("z", angle).apply(obj.xyz) + [*centre, height]   # about the table normal
         top = float(np.percentile(uvw[:, 2], 95))
         if height > 0:
             placed[base] = (placed[base][0], placed[base][1], top)   # a tower grows
@@ -194,8 +192,8 @@ def _object_class(host: Scene, table_class: int) -> int:
 def _free_spot(radius: float, placed: list, table_uv: np.ndarray, support: cKDTree, rng: np.random.Generator,
                touch: bool, tries: int = 40) -> np.ndarray | None:
     """A footprint centre on the table that overlaps nothing placed, or None."""
-    ring = 0.7 * radius * np.stack([np.cos(np.linspace(0, 2 * np.pi, 8, endpoint=False)),
-                                    np.sin(np.linspace(0, 2 * np.pi, 8, endpoint=False))], axis=1)
+    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    ring = 0.7 * radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     for _ in range(tries):
         if touch and placed:
             other, other_radius, _ = placed[int(rng.integers(len(placed)))]
