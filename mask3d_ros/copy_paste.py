@@ -125,15 +125,18 @@ def visible(xyz: np.ndarray, camera: Camera = Camera(), margin: float = OCCLUSIO
 
 
 def compose(host: Scene, bank: list[RealObject], rng: np.random.Generator, added: tuple[int, int] = (3, 10),
-            touching: float = 0.4, stacked: float = 0.15, turn_noise: float = np.radians(20), camera: Camera = Camera(),
-            name: str | None = None, table_class: int = 0) -> Scene:
+            touching: float = 0.4, stacked: float = 0.15, turn_noise: float = np.radians(20),
+            scale: tuple[float, float] = (1.0, 1.0), height_scale: tuple[float, float] = (1.0, 1.0),
+            camera: Camera = Camera(), name: str | None = None, table_class: int = 0) -> Scene:
     """``host`` with ``added`` (range) objects from ``bank`` set down on free spots of its table.
 
     A ``touching`` fraction of the objects is placed against one already there (gap 0-1 cm), a
     ``stacked`` fraction on top of one, the rest anywhere free. Objects are turned to face the
-    host camera as they faced their own (plus up to ``turn_noise``). Points hidden after pasting
-    are removed, and so are objects left with fewer than ``MIN_OBJECT_POINTS // 3`` points (marked
-    unlabelled).
+    host camera as they faced their own (plus up to ``turn_noise``), and resized by a factor drawn
+    from ``scale`` across and another from ``height_scale`` upwards, so that a few dozen real
+    objects also stand in for larger, flatter or taller ones (books, tins, cereal boxes). Points
+    hidden after pasting are removed, and so are objects left with fewer than
+    ``MIN_OBJECT_POINTS // 3`` points (marked unlabelled).
     """
     plane = table_plane(host, table_class)
     if plane is None or not bank:
@@ -150,21 +153,23 @@ def compose(host: Scene, bank: list[RealObject], rng: np.random.Generator, added
     next_id = int(host.instance.max(initial=0)) + 1
     for _ in range(int(rng.integers(added[0], added[1] + 1))):
         obj = bank[int(rng.integers(len(bank)))]
+        across, upwards = _draw(rng, scale), _draw(rng, height_scale)
+        radius = obj.radius * across
         if placed and rng.random() < stacked:           # on top of one already there, near its centre
             base = int(rng.integers(len(placed)))
             centre, base_radius, height = placed[base]
             centre = centre + rng.uniform(-0.3, 0.3, 2) * base_radius
         else:
-            centre, height = _free_spot(obj.radius, placed, table_uv, support, rng, rng.random() < touching), 0.0
+            centre, height = _free_spot(radius, placed, table_uv, support, rng, rng.random() < touching), 0.0
             if centre is None:
                 continue
         angle = _azimuth(camera_uv - centre) - obj.view_azimuth + rng.uniform(-turn_noise, turn_noise)
-        uvw = Rotation.from_euler("z", angle).apply(obj.xyz) + [*centre, height]   # about the table normal
+        uvw = Rotation.from_euler("z", angle).apply(obj.xyz * [across, across, upwards]) + [*centre, height]
         top = float(np.percentile(uvw[:, 2], 95))
         if height > 0:
             placed[base] = (placed[base][0], placed[base][1], top)   # a tower grows
         else:
-            placed.append((centre, obj.radius, top))
+            placed.append((centre, radius, top))
         xyz.append(plane.from_plane(uvw).astype(np.float32))
         rgb.append(obj.rgb)
         semantic.append(np.full(len(uvw), object_class, np.int64))
@@ -179,6 +184,11 @@ def compose(host: Scene, bank: list[RealObject], rng: np.random.Generator, added
     scene = Scene(xyz, rgb, semantic, instance, host.class_names, host.instance_classes,
                   name or f"{host.name}+pasted")
     return dedupe(scene, 0.004)
+
+
+def _draw(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A uniform draw from ``bounds``; a fixed value draws nothing, so older seeds compose as before."""
+    return float(bounds[0]) if bounds[0] == bounds[1] else float(rng.uniform(*bounds))
 
 
 def _object_class(host: Scene, table_class: int) -> int:

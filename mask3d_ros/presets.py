@@ -51,6 +51,8 @@ class Preset:
     filter_out_classes: tuple[int, ...] = ()   # training: dataset classes without instances
     exclude_classes: tuple[int, ...] = ()      # model classes never reported (never supervised)
     duplicate_iou: float | None = None     # drop duplicates above this point IoU (None: off)
+    smooth_radius: float | None = None     # metres: colour-weighted mask smoothing (None: off)
+    smooth_color_sigma: float = 0.1        # its colour kernel width, rgb in [0, 1]
     label_ids_known: bool = True
     color_stats_known: bool = True
 
@@ -125,4 +127,6 @@ def preset_from_description(description: dict, name: str = "checkpoint") -> Pres
         label_ids=tuple(range(len(class_names))), voxel_size=float(description["voxel_size"]),
         color_mean=tuple(description["color_mean"]), color_std=tuple(description["color_std"]),
         topk=int(description.get("topk", model_fields.get("num_queries", 100))),
-        dbscan_eps=description.get("dbscan_eps"), duplicate_iou=description.get("duplicate_iou"))
+        dbscan_eps=description.get("dbscan_eps"), duplicate_iou=description.get("duplicate_iou"),
+        smooth_radius=description.get("smooth_radius"),
+        smooth_color_sigma=float(description.get("smooth_color_sigma", 0.1)))

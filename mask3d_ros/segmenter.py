@@ -80,7 +80,8 @@ class Segmenter:
     """One model on one device. ``segment(xyz, rgb)`` returns a :class:`Segmentation`.
 
     ``preset`` gives labels, colour statistics, voxel size and the official evaluation settings;
-    ``num_queries``, ``topk``, ``dbscan_eps`` (0 disables DBSCAN) and ``voxel_size`` override it.
+    ``num_queries``, ``topk``, ``dbscan_eps`` (0 disables DBSCAN), ``smooth_radius`` (0 disables mask
+    smoothing) and ``voxel_size`` override it.
     ``score_threshold`` applies to the instance score (instance mode) or to the query's class
     probability (panoptic); ``min_points`` drops smaller instances.
     ``checkpoint=None`` needs ``random_weights=True`` (tests only: the output is meaningless).
@@ -90,7 +91,7 @@ class Segmenter:
     def __init__(self, preset: str | Preset | None = None, checkpoint: str | Path | None = None, *,
                  device: str | torch.device = "auto", half: bool = False, mode: str = "instance",
                  num_queries: int | None = None, topk: int | None = None, dbscan_eps: float | None = None,
-                 voxel_size: float | None = None, score_threshold: float = 0.0, min_points: int = 0,
+                 smooth_radius: float | None = None, voxel_size: float | None = None, score_threshold: float = 0.0, min_points: int = 0,
                  random_weights: bool = False, seed: int = 0, backend: str = "torch"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -100,8 +101,8 @@ class Segmenter:
         preset = _resolve_preset(preset, ckpt)
         if num_queries is not None:
             preset = preset.with_model(num_queries=num_queries)
-        changes = {k: v for k, v in (("topk", topk), ("dbscan_eps", dbscan_eps), ("voxel_size", voxel_size))
-                   if v is not None}
+        changes = {k: v for k, v in (("topk", topk), ("dbscan_eps", dbscan_eps), ("smooth_radius", smooth_radius),
+                                     ("voxel_size", voxel_size)) if v is not None}
         self.preset = preset.replace(**changes)
         self.mode = mode
         self.score_threshold = score_threshold
@@ -168,7 +169,7 @@ class Segmenter:
                 out = self.model.decode([level.feats for level in levels], levels[-1].manager.avg_pool,
                                         coords_t, voxel_xyz_t, fps_idx=fps_idx)
             with self._timed(timings, "post"):
-                result = self._postprocess(out, voxel_xyz, inverse_map)
+                result = self._postprocess(out, voxel_xyz, rgb[unique_map], inverse_map)
         timings["total"] = (time.perf_counter() - begin) * 1e3
         result.timings_ms = timings
         if not return_raw:
@@ -179,9 +180,13 @@ class Segmenter:
                "pred_masks": out["pred_masks"].float().cpu().numpy()}
         return result, raw
 
-    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, inverse_map: np.ndarray) -> Segmentation:
+    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, voxel_rgb: np.ndarray,
+                     inverse_map: np.ndarray) -> Segmentation:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
+        if preset.smooth_radius:
+            masks = postprocess.smooth_mask_logits(masks, voxel_xyz, voxel_rgb, preset.smooth_radius,
+                                                   preset.smooth_color_sigma)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}
         if self.mode == "semantic":
             return postprocess.semantic_inference(logits, masks, **common)

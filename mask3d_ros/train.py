@@ -39,7 +39,8 @@ class TrainConfig:
     # Scene sources: {"dataset": "mosd"|"scannet"|"npz"|"ply", "paths": [globs]} or
     # {"dataset": "synthetic", "count": N, "seed": S} (optional "kind": frame|varied|map and "cache": a
     # folder, see synthetic.cached_scenes) or {"dataset": "copy_paste", "paths": [globs], "count": N,
-    # "seed": S} (real objects pasted into real frames, see copy_paste.make_scenes); "repeat": R shows
+    # "seed": S} (real objects pasted into real frames, see copy_paste.make_scenes; optional
+    # "added", "touching", "stacked", "scale", "height_scale" as in copy_paste.compose); "repeat": R shows
     # a source R times per epoch; "exclude": [globs] drops matching file names (held-out frames).
     data: list[dict] = field(default_factory=list)
     init_from: str | None = None      # start from these weights (a checkpoint of the same architecture)
@@ -47,6 +48,8 @@ class TrainConfig:
     topk: int = 100                   # inference: top-k (query, class) pairs kept
     dbscan_eps: float | None = None   # inference: DBSCAN split distance in metres (None: off)
     duplicate_iou: float | None = None   # inference: drop duplicate masks above this IoU
+    smooth_radius: float | None = None   # inference: colour-weighted mask smoothing radius (None: off)
+    smooth_color_sigma: float = 0.1      # inference: its colour kernel width
     iterations: int = 2000
     batch_size: int = 1
     lr: float = 1e-4
@@ -72,6 +75,10 @@ class TrainConfig:
         return Mask3DConfig(**{**self.model, "num_classes": len(self.class_names) + 1})
 
 
+# TrainConfig fields that only post-processing reads: written into checkpoints for the Segmenter.
+INFERENCE_SETTINGS = ("topk", "dbscan_eps", "duplicate_iou", "smooth_radius", "smooth_color_sigma")
+
+
 @dataclass
 class TrainingSample:
     """One voxelized scene as the model and the criterion consume it."""
@@ -93,7 +100,8 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
             loaded = _synthetic_source(source, base)
         elif kind == "copy_paste":
             frames = [datasets.load_scene(p) for p in _source_paths(source, base)]
-            loaded = copy_paste.make_scenes(frames, int(source["count"]), int(source.get("seed", 0)))
+            loaded = copy_paste.make_scenes(frames, int(source["count"]), int(source.get("seed", 0)),
+                                            **_compose_options(source))
         else:
             loaded = [datasets.load_scene(p, dataset=kind) for p in _source_paths(source, base)]
         scenes += loaded * int(source.get("repeat", 1))
@@ -103,6 +111,15 @@ def load_training_scenes(config: TrainConfig, base: Path) -> list:
         if tuple(scene.class_names) != tuple(config.class_names):
             raise ValueError(f"scene {scene.name} has classes {scene.class_names}, the config {config.class_names}")
     return scenes
+
+
+COMPOSE_OPTIONS = ("added", "touching", "stacked", "scale", "height_scale")
+
+
+def _compose_options(source: dict) -> dict:
+    """A copy-paste source's ``copy_paste.compose`` options (ranges as tuples)."""
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in source.items() if key in COMPOSE_OPTIONS}
 
 
 def _source_paths(source: dict, base: Path) -> list[str]:
@@ -201,9 +218,7 @@ def checkpoint_dict(model: Mask3D, criterion: SetCriterion, config: TrainConfig,
             "class_names": list(config.class_names),
             "stuff_classes": list(config.stuff_classes),
             "voxel_size": config.voxel_size,
-            "topk": config.topk,
-            "dbscan_eps": config.dbscan_eps,
-            "duplicate_iou": config.duplicate_iou,
+            **{name: getattr(config, name) for name in INFERENCE_SETTINGS},
             "color_mean": list(colour[0]),
             "color_std": list(colour[1]),
             "train_config": dataclasses.asdict(config),
@@ -293,10 +308,15 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
     return ckpt
 
 
-def export_weights(ckpt_path: Path, out_path: Path) -> None:
-    """Write a checkpoint without optimizer state (what ships under model/)."""
+def export_weights(ckpt_path: Path, out_path: Path, config: TrainConfig | None = None) -> None:
+    """Write a checkpoint without optimizer state (what ships under model/). With ``config``, its
+    inference settings replace the checkpoint's: they can be re-tuned after training."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     slim = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "global_step")}
+    if config is not None:
+        description = slim["hyper_parameters"]["mask3d_ros"]
+        for name in INFERENCE_SETTINGS:
+            description[name] = description["train_config"][name] = getattr(config, name)
     torch.save(slim, out_path)
 
 
@@ -308,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override the config's iteration count")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--out-dir", help="override the config's output directory")
-    parser.add_argument("--export", type=Path, help="also write the final weights (no optimizer state) here")
+    parser.add_argument("--export", type=Path, help="also write the final weights (no optimizer state) here, "
+                        "with the config's inference settings (topk, dbscan_eps, duplicate_iou, smooth_*)")
+    parser.add_argument("--export-only", action="store_true", help="do not train: export the config's "
+                        "out_dir/last.ckpt to --export (after re-tuning its inference settings)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; use 1 when "
                         "other processes share the cores: waiting threads slow every step down)")
     args = parser.parse_args(argv)
@@ -318,14 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("iterations", "device", "out_dir"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    ckpt = train(config, base=Path.cwd(), resume=args.resume)
     out_dir = Path.cwd() / config.out_dir
+    if args.export_only:
+        if not args.export:
+            parser.error("--export-only needs --export FILE")
+        export_weights(out_dir / "last.ckpt", args.export, config)
+        print(f"exported weights to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    ckpt = train(config, base=Path.cwd(), resume=args.resume)
     minutes = ckpt["train_seconds"] / 60
     first, last = ckpt["history"][0]["loss"], np.mean([h["loss"] for h in ckpt["history"][-20:]])
     print(f"trained {config.iterations} iterations in {minutes:.1f} min; loss {first:.3f} -> {last:.3f}; "
           f"checkpoint {out_dir / 'last.ckpt'}")
     if args.export:
-        export_weights(out_dir / "last.ckpt", args.export)
+        export_weights(out_dir / "last.ckpt", args.export, config)
         print(f"exported weights to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
     return 0
 

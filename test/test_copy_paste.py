@@ -68,6 +68,22 @@ def test_stacked_objects_rest_on_others(frames):
     assert lowest and max(lowest) > 0.03                      # at least one sits above the table
 
 
+def test_resized_objects_keep_their_footing_and_change_size(frames):
+    host, bank = frames[0], [obj for frame in frames[1:] for obj in copy_paste.extract_objects(frame)][:1]
+    plane = copy_paste.table_plane(host)
+    extents = []
+    for factor in (0.5, 1.5):
+        scene = copy_paste.compose(host, bank, np.random.default_rng(2), added=(1, 1), touching=0.0, stacked=0.0,
+                                   turn_noise=0.0, scale=(factor, factor), height_scale=(factor, factor),
+                                   camera=SMALL)
+        (pasted,) = _new_ids(host, scene)
+        uvw = plane.to_plane(scene.xyz[scene.instance == pasted])
+        assert uvw[:, 2].min() < 0.04                          # still standing on the table
+        extents.append(np.ptp(uvw, axis=0))
+    assert extents[1][2] > 2 * extents[0][2]                     # 3x the height (less what is hidden)
+    assert extents[1][:2].max() > 2 * extents[0][:2].max()
+
+
 def test_make_scenes_is_deterministic_in_the_seed(frames):
     first, again, other = (copy_paste.make_scenes(frames, 2, seed, camera=SMALL) for seed in (5, 5, 6))
     assert all(np.array_equal(a.xyz, b.xyz) and np.array_equal(a.instance, b.instance) for a, b in zip(first, again))

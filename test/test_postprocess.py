@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mask3d_ros.postprocess import instance_inference, panoptic_inference, semantic_inference
+from mask3d_ros.postprocess import instance_inference, panoptic_inference, semantic_inference, smooth_mask_logits
 
 
 def logits_for(probabilities) -> torch.Tensor:
@@ -128,3 +128,24 @@ def test_duplicate_suppression_keeps_the_best_of_overlapping_masks():
     deduplicated = instance_inference(logits, masks, topk=3, duplicate_iou=0.5)
     assert deduplicated.query_ids.tolist() == [0, 2]
     assert instance_inference(logits, masks, topk=3, duplicate_iou=0.9).num_instances == 3
+
+
+def test_smoothing_fills_speckles_but_stops_at_colour_edges():
+    """A 1 cm grid: a red and a blue half, the query's mask covers the red half except for two
+    speckled voxels; smoothing over 2.5 cm restores them and does not leak into the blue half."""
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(10), indexing="ij"), -1).reshape(-1, 2) * 0.01
+    xyz = np.c_[grid, np.zeros(len(grid))]
+    red = grid[:, 0] < 0.095
+    rgb = np.where(red[:, None], [200, 30, 30], [30, 30, 200]).astype(np.uint8)
+    logits = torch.from_numpy(np.where(red, 4.0, -4.0)[:, None].astype(np.float32))
+    speckles = np.flatnonzero(red)[[23, 57]]
+    logits[speckles] = -4.0
+    smoothed = smooth_mask_logits(logits, xyz, rgb, radius=0.025, color_sigma=0.1)
+    assert smoothed.shape == logits.shape
+    assert (smoothed[red] > 0).all()                          # speckles filled
+    assert (smoothed[~red] < 0).all()                         # nothing crossed the colour edge
+    plain = smooth_mask_logits(logits, xyz, np.zeros_like(rgb), radius=0.025, color_sigma=0.1)
+    edge = ~red & (grid[:, 0] < 0.105)
+    assert (plain[edge] > smoothed[edge] + 1).all()           # without colour, the edge blurs
+    lone = smooth_mask_logits(logits, xyz, rgb, radius=0.001, color_sigma=0.1)
+    assert torch.equal(lone, logits)                          # no neighbours: unchanged

@@ -50,6 +50,18 @@ def test_loss_goes_down_and_checkpoint_loads(tmp_path):
     result = segmenter.segment(scene.xyz, scene.rgb)
     assert len(result.point_instance) == len(scene.xyz)
 
+    # Inference settings re-tuned after training travel with the export; the weights do not change.
+    config.smooth_radius, config.duplicate_iou = 0.05, 0.5
+    export_weights(tmp_path / "last.ckpt", exported, config)
+    description = read_checkpoint(exported).description
+    assert description["smooth_radius"] == 0.05 and description["train_config"]["duplicate_iou"] == 0.5
+    smoothing = Segmenter(None, checkpoint=exported, device="cpu")
+    assert smoothing.preset.smooth_radius == 0.05 and smoothing.preset.duplicate_iou == 0.5
+    smoothed = smoothing.segment(scene.xyz, scene.rgb)
+    assert len(smoothed.point_instance) == len(scene.xyz)
+    plain = Segmenter(None, checkpoint=exported, device="cpu", smooth_radius=0)
+    assert not plain.preset.smooth_radius
+
 
 def test_sources_exclude_held_out_frames_and_cache_synthetic_scenes(mosd_dir, tmp_path):
     config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], data=[
@@ -74,6 +86,9 @@ def test_copy_paste_source_composes_from_the_named_frames_only(mosd_dir, tmp_pat
     for scene in scenes:
         assert len(np.unique(scene.instance[scene.instance > 0])) >= 4
         assert set(np.unique(scene.semantic)) <= {-1, 0, 1}
+    config.data[0].update(stacked=1.0, height_scale=[2.0, 2.0], added=[1, 1])        # compose options pass through
+    towers = load_training_scenes(config, tmp_path)
+    assert all(np.ptp(t.xyz[:, 2]) > np.ptp(s.xyz[:, 2]) or len(t.xyz) != len(s.xyz) for t, s in zip(towers, scenes))
     config.data[0]["exclude"] = ["learn1*.pcd"]
     with pytest.raises(FileNotFoundError, match="copy_paste"):
         load_training_scenes(config, tmp_path)
