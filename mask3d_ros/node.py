@@ -38,7 +38,6 @@ from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -294,8 +293,7 @@ class Mask3DNode(Node):
         self._tf_buffer = tf2_ros.Buffer(node=self)
         self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
         return TfPoses(self._tf_buffer, self.config["fixed_frame"],
-                       make_time=lambda ns: Time(nanoseconds=ns, clock_type=self.get_clock().clock_type),
-                       make_duration=lambda s: Duration(nanoseconds=int(s * 1e9)))
+                       make_time=lambda ns: Time(nanoseconds=ns, clock_type=self.get_clock().clock_type))
 
     # --- QoS events ------------------------------------------------------------------------
 

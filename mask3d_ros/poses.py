@@ -8,7 +8,7 @@ is tested with injected poses and the node does not care which source is configu
 * :class:`OdometryPoses` (``pose_source: odometry``): a buffer of nav_msgs/Odometry samples (the
   fixed-frame pose of a body frame), interpolated at the cloud stamp (linear in position, slerp in
   rotation), composed with a static body-to-sensor extrinsic;
-* :class:`TfPoses` (``pose_source: tf``): a tf2_ros buffer lookup at the cloud stamp with a timeout.
+* :class:`TfPoses` (``pose_source: tf``): a tf2_ros buffer lookup at the cloud stamp.
 
 :class:`PendingPoses` holds the clouds whose pose has not arrived yet, so that nobody blocks
 waiting for one: they are retried when new pose data arrives (or on a short timer) and given up
@@ -47,13 +47,12 @@ class PoseUnavailable(Exception):
 class PoseSource(Protocol):
     """Pose of ``frame_id`` in the fixed frame at ``stamp_ns``.
 
-    ``lookup`` returns a 4x4 matrix ``T_fixed_frame`` or raises :class:`PoseUnavailable`. It may
-    block up to ``timeout_s`` waiting for data that has not arrived yet; with ``timeout_s`` 0 it
-    never blocks, and marks the error ``pending`` when the data may still arrive (the node always
-    calls it so, and retries through :class:`PendingPoses`).
+    ``lookup`` returns a 4x4 matrix ``T_fixed_frame`` or raises :class:`PoseUnavailable`. It never
+    blocks: it marks the error ``pending`` when the data may still arrive, and
+    :class:`PendingPoses` retries it later.
     """
 
-    def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray: ...
+    def lookup(self, frame_id: str, stamp_ns: int) -> np.ndarray: ...
 
 
 # --- transform helpers ----------------------------------------------------------------------
@@ -129,7 +128,7 @@ def format_stamp(stamp_ns: int) -> str:
 class IdentityPoses:
     """``pose_source: none``: every cloud is used in its own frame."""
 
-    def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+    def lookup(self, frame_id: str, stamp_ns: int) -> np.ndarray:
         return np.eye(4)
 
 
@@ -142,7 +141,7 @@ class StaticPoses:
     def set(self, frame_id: str, matrix: np.ndarray) -> None:
         self._poses[frame_id] = np.asarray(matrix, dtype=np.float64)
 
-    def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+    def lookup(self, frame_id: str, stamp_ns: int) -> np.ndarray:
         pose = self._poses(frame_id, stamp_ns) if callable(self._poses) else self._poses.get(frame_id)
         if pose is None:
             raise PoseUnavailable(f"no pose for frame {frame_id!r} at {format_stamp(stamp_ns)}")
@@ -155,8 +154,7 @@ class StaticPoses:
 class OdometryBuffer:
     """Time-ordered fixed-frame poses of a body frame, interpolated at any stamp inside them.
 
-    Thread-safe: one thread adds samples while another interpolates (and may wait for a sample
-    newer than the stamp it needs). Memory is bounded by ``duration_s`` of samples (and
+    Thread-safe: one thread may add samples while another interpolates. Memory is bounded by ``duration_s`` of samples (and
     ``max_samples``). A stamp that jumps back by more than ``duration_s`` (a bag restarted, sim
     time reset) clears the buffer.
     """
@@ -170,7 +168,7 @@ class OdometryBuffer:
         self._stamps: list[int] = []
         self._translations: list[np.ndarray] = []
         self._quaternions: list[np.ndarray] = []
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -180,7 +178,7 @@ class OdometryBuffer:
         return self._stamps[-1] if self._stamps else None
 
     def clear(self) -> None:
-        with self._changed:
+        with self._lock:
             self._stamps.clear()
             self._translations.clear()
             self._quaternions.clear()
@@ -192,7 +190,7 @@ class OdometryBuffer:
         if t.shape != (3,) or q.shape != (4,) or not (np.isfinite(t).all() and np.isfinite(norm)) or norm < 1e-9:
             raise ValueError(f"invalid odometry pose: translation {t.tolist()}, quaternion {q.tolist()}")
         q = q / norm
-        with self._changed:
+        with self._lock:
             if self._stamps and stamp_ns < self._stamps[-1] - self.duration_ns:
                 self._stamps.clear()
                 self._translations.clear()
@@ -209,17 +207,10 @@ class OdometryBuffer:
             drop = max(drop, len(self._stamps) - self.max_samples)
             if drop > 0:
                 del self._stamps[:drop], self._translations[:drop], self._quaternions[:drop]
-            self._changed.notify_all()
-
-    def wait_for(self, stamp_ns: int, timeout_s: float) -> bool:
-        """Wait until a sample at or after ``stamp_ns`` exists (or the timeout); True if one does."""
-        with self._changed:
-            return self._changed.wait_for(
-                lambda: bool(self._stamps) and self._stamps[-1] >= stamp_ns, timeout=max(timeout_s, 0.0))
 
     def interpolate(self, stamp_ns: int) -> np.ndarray:
         """4x4 pose at ``stamp_ns``; raises PoseUnavailable outside the buffer or across a gap."""
-        with self._changed:
+        with self._lock:
             stamps = self._stamps
             if not stamps:
                 raise PoseUnavailable("no odometry received yet", pending=True)
@@ -259,14 +250,11 @@ class OdometryPoses:
         self.body_to_sensor = np.eye(4) if body_to_sensor is None else np.asarray(body_to_sensor, dtype=np.float64)
         self.sensor_frame = sensor_frame
 
-    def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+    def lookup(self, frame_id: str, stamp_ns: int) -> np.ndarray:
         if self.sensor_frame and frame_id != self.sensor_frame:
             raise PoseUnavailable(
                 f"cloud frame {frame_id!r} is not odometry.sensor_frame {self.sensor_frame!r},"
                 " the frame the body-to-sensor extrinsic describes")
-        newest = self.buffer.newest_ns
-        if timeout_s > 0 and (newest is None or newest < stamp_ns):
-            self.buffer.wait_for(stamp_ns, timeout_s)
         return self.buffer.interpolate(stamp_ns) @ self.body_to_sensor
 
 
@@ -290,24 +278,22 @@ class TfPoses:
     """``pose_source: tf``: lookup of cloud frame -> ``fixed_frame`` at the cloud stamp.
 
     ``buffer`` is a ``tf2_ros.Buffer`` fed by a ``TransformListener`` (the node makes both), or
-    any object with ``lookup_transform(target, source, time, timeout)``. ``make_time(stamp_ns)``
-    builds the time argument (an ``rclpy.time.Time``) and ``make_duration(seconds)`` the timeout,
-    so this module stays free of rclpy.
+    any object with ``lookup_transform(target, source, time)`` (tf2's default timeout of zero: it
+    answers at once). ``make_time(stamp_ns)`` builds the time argument (an ``rclpy.time.Time``), so
+    this module stays free of rclpy.
     """
 
-    def __init__(self, buffer, fixed_frame: str, make_time, make_duration):
+    def __init__(self, buffer, fixed_frame: str, make_time):
         self.buffer = buffer
         self.fixed_frame = fixed_frame
         self._make_time = make_time
-        self._make_duration = make_duration
 
-    def lookup(self, frame_id: str, stamp_ns: int, timeout_s: float = 0.0) -> np.ndarray:
+    def lookup(self, frame_id: str, stamp_ns: int) -> np.ndarray:
         try:
-            stamped = self.buffer.lookup_transform(
-                self.fixed_frame, frame_id, self._make_time(stamp_ns), self._make_duration(timeout_s))
+            stamped = self.buffer.lookup_transform(self.fixed_frame, frame_id, self._make_time(stamp_ns))
         except Exception as error:  # tf2 raises LookupException, ExtrapolationException, ...
             kind = type(error).__name__
-            raise PoseUnavailable(  # tf2 waits out its timeout for any error, so may a retry
+            raise PoseUnavailable(  # the transform may still arrive: a retry may succeed
                 f"TF {frame_id!r} -> {self.fixed_frame!r} at {format_stamp(stamp_ns)} unavailable"
                 f" ({kind}: {str(error).strip() or 'no detail'})", pending=True) from error
         return matrix_from_transform_msg(stamped.transform)
@@ -399,7 +385,7 @@ class PendingPoses:
         while self._queue:
             head = self._queue[0]
             try:
-                pose = self.source.lookup(head.frame_id, head.stamp_ns, 0.0)
+                pose = self.source.lookup(head.frame_id, head.stamp_ns)
             except PoseUnavailable as error:
                 if getattr(error, "pending", False) and now < head.deadline:
                     break  # the oldest still waits, and so do the newer ones behind it

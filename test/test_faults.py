@@ -210,7 +210,7 @@ class BuggyPoses:
     def __init__(self):
         self.calls = 0
 
-    def lookup(self, frame_id, stamp_ns, timeout_s=0.0):
+    def lookup(self, frame_id, stamp_ns):
         self.calls += 1
         if self.calls == 1:
             raise KeyError("simulated bug in a pose source")

@@ -37,8 +37,7 @@ class GrowingPoses:
     def __init__(self, newest: int = 0):
         self.newest = newest
 
-    def lookup(self, frame_id, stamp_ns, timeout_s=0.0):
-        assert timeout_s == 0.0, "PendingPoses never asks the source to block"
+    def lookup(self, frame_id, stamp_ns):
         if frame_id == "bug":
             raise KeyError("simulated bug")
         if frame_id == "bad":
