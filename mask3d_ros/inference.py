@@ -113,6 +113,9 @@ def segmenter_factory(config: Mapping[str, Any]) -> tuple[Callable[[], Any], str
         preset = None if preset_name == "tabletop" else preset_name  # tabletop: the checkpoint describes itself
     kwargs = {"device": device, "half": bool(config["model.half_precision"]), "mode": config["model.inference_mode"],
               "random_weights": checkpoint is None}
+    for name in ("dbscan_eps", "smooth_radius"):       # -1 keeps what the checkpoint or preset says
+        if config[f"model.{name}"] >= 0:
+            kwargs[name] = float(config[f"model.{name}"])
     if config["model.backend"] == "minkowski":
         from mask3d_ros.backends import import_minkowski  # noqa: PLC0415
 

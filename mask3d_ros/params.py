@@ -195,6 +195,12 @@ PARAMETERS: tuple[Param, ...] = (
     P("model.inference_mode", "str", "instance", "instance (official Mask3D scoring, masks may overlap),"
       " panoptic (non-overlapping instances) or semantic (one segment per class).", choices=INFERENCE_MODES),
     P("model.half_precision", "bool", False, "Run the network in float16 on CUDA (less memory, faster).",),
+    P("model.dbscan_eps", "float", -1.0, "DBSCAN distance (m) that splits each instance mask into spatially"
+      " separate parts (instance mode; 0: off, -1: the checkpoint's or preset's own value). Helps"
+      " accumulated maps, where one query can cover two distant objects.", min=-1.0),
+    P("model.smooth_radius", "float", -1.0, "Radius (m) of the colour-weighted mask smoothing run before"
+      " any inference mode (0: off, -1: the checkpoint's own value; the official presets have none).",
+      min=-1.0),
     P("model.score_threshold", "float", 0.5, "Minimum instance score reported.", min=0.0, max=1.0,
       dynamic=True),
     P("model.min_instance_points", "int", 50, "Minimum points of a reported instance.", min=1, dynamic=True),

@@ -99,3 +99,15 @@ def test_the_backend_parameter_reaches_the_model():
     else:
         assert built_backend("minkowski") == "minkowski"
 
+
+
+def test_post_processing_parameters_override_the_checkpoint_only_when_set():
+    from mask3d_ros.inference import bundled_checkpoint
+
+    bundled = {"model.checkpoint": str(bundled_checkpoint()), "model.allow_random_weights": False}
+    own = segmenter_factory(config(**bundled))[0]().preset
+    chosen = segmenter_factory(config(**bundled, **{"model.dbscan_eps": 0.04, "model.smooth_radius": 0.0}))[0]().preset
+    assert (chosen.dbscan_eps, chosen.smooth_radius) == (0.04, 0.0)
+    assert chosen.voxel_size == own.voxel_size and chosen.class_names == own.class_names
+    with pytest.raises(ValueError, match="model.smooth_radius"):
+        config(**{"model.smooth_radius": -2.0})
