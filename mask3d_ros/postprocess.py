@@ -120,7 +120,8 @@ def smooth_mask_logits(mask_logits: Tensor, voxel_xyz: np.ndarray, voxel_rgb: np
     weight /= np.bincount(rows, weight, minlength=len(voxel_xyz))[rows]
     device = mask_logits.device
     graph = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])).to(device),
-                                    torch.from_numpy(weight).to(device), (len(voxel_xyz),) * 2)
+                                    torch.from_numpy(weight).to(device), (len(voxel_xyz),) * 2,
+                                    check_invariants=False)      # indices in range by construction
     return torch.sparse.mm(graph, mask_logits.float())
 
 
