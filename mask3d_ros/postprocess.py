@@ -108,7 +108,7 @@ def smooth_mask_logits(mask_logits: Tensor, voxel_xyz: np.ndarray, voxel_rgb: np
     the neighbouring instance. One averaging step over the neighbourhood graph, with weights
     ``exp(-|rgb_a - rgb_b|^2 / 2 sigma^2)`` (rgb in [0, 1]) that stop at colour edges, makes masks
     follow surfaces, like one mean-field step of a dense CRF with an appearance kernel.
-    ``mask_logits [N_vox, Q]``; ``voxel_rgb`` uint8 ``[N_vox, 3]``.
+    ``mask_logits [N_vox, Q]``; ``voxel_rgb [N_vox, 3]`` in 0..255.
     """
     from scipy.spatial import cKDTree
 

@@ -169,7 +169,7 @@ class Segmenter:
                 out = self.model.decode([level.feats for level in levels], levels[-1].manager.avg_pool,
                                         coords_t, voxel_xyz_t, fps_idx=fps_idx)
             with self._timed(timings, "post"):
-                result = self._postprocess(out, voxel_xyz, rgb[unique_map], inverse_map)
+                result = self._postprocess(out, voxel_xyz, rgb, inverse_map)
         timings["total"] = (time.perf_counter() - begin) * 1e3
         result.timings_ms = timings
         if not return_raw:
@@ -180,11 +180,13 @@ class Segmenter:
                "pred_masks": out["pred_masks"].float().cpu().numpy()}
         return result, raw
 
-    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, voxel_rgb: np.ndarray,
+    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, rgb: np.ndarray,
                      inverse_map: np.ndarray) -> Segmentation:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
-        if preset.smooth_radius:
+        if preset.smooth_radius:    # on each voxel's mean colour: steadier than its one representative point's
+            counts = np.bincount(inverse_map, minlength=len(voxel_xyz))[:, None]
+            voxel_rgb = np.stack([np.bincount(inverse_map, rgb[:, c], len(voxel_xyz)) for c in range(3)], 1) / counts
             masks = postprocess.smooth_mask_logits(masks, voxel_xyz, voxel_rgb, preset.smooth_radius,
                                                    preset.smooth_color_sigma)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}

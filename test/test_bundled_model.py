@@ -29,3 +29,19 @@ def test_bundled_model_reaches_the_recorded_val_ap(mosd_dir):
     recorded = METRICS["val"]["model"]
     assert abs(result["AP50"] - recorded["AP50"]) <= 0.02, (result["AP50"], recorded)
     assert abs(result["AP"] - recorded["AP"]) <= 0.02, (result["AP"], recorded)
+
+
+def test_eval_overrides_the_checkpoints_post_processing(mosd_dir, tmp_path):
+    """Ablations through the evaluator: the bundled model with its mask smoothing switched off."""
+    from mask3d_ros.cli import evaluate as eval_cli
+
+    assert read_checkpoint(bundled_checkpoint()).description["smooth_radius"] > 0
+    frames = [str(mosd_dir / "val" / "test55.pcd")]
+    reports = {}
+    for name, extra in (("own", []), ("off", ["--smooth-radius", "0", "--dbscan-eps", "0"])):
+        out = tmp_path / f"{name}.json"
+        assert eval_cli.main(["--dataset", "mosd", *frames, *extra, "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["off"]["predictor"].endswith(", dbscan_eps 0, smooth_radius 0")
+    assert reports["own"]["predictor"] == str(bundled_checkpoint())
+    assert 0 <= reports["off"]["AP50"] <= 1 and 0 <= reports["own"]["AP50"] <= 1

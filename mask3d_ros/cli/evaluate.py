@@ -27,16 +27,22 @@ _EXTENSIONS = {"mosd": ".pcd", "ply": ".ply", "npz": ".npz"}
 class SegmenterPredictor:
     """``predict_scene`` for a Mask3D checkpoint: the Segmenter's instances as point masks, with
     the model's class names mapped to the scene's (names the scene lacks become class -1, which
-    the evaluator ignores)."""
+    the evaluator ignores). ``disjoint`` scores the instances as the node publishes them: each point
+    in at most one, the highest-scored instance covering it (official Mask3D masks may overlap)."""
 
-    def __init__(self, checkpoint: str, preset: str | None = None, device: str = "auto"):
+    def __init__(self, checkpoint: str, preset: str | None = None, device: str = "auto", disjoint: bool = False,
+                 **post_processing):
         from mask3d_ros.segmenter import Segmenter  # noqa: PLC0415 - imports torch
 
-        self.segmenter = Segmenter(preset, checkpoint, device=device)
+        self.segmenter = Segmenter(preset, checkpoint, device=device, **post_processing)
+        self.disjoint = disjoint
 
     def predict_scene(self, scene: Scene) -> InstancePredictions:
         segmentation = self.segmenter.segment(scene.xyz, scene.rgb)
-        masks = segmentation.masks[segmentation.inverse_map].T
+        if self.disjoint:
+            masks = segmentation.point_instance[None, :] == np.arange(segmentation.num_instances)[:, None]
+        else:
+            masks = segmentation.masks[segmentation.inverse_map].T
         model_names = self.segmenter.preset.class_names
         scene_index = {name: index for index, name in enumerate(scene.class_names)}
         classes = np.array([scene_index.get(model_names[c], -1) for c in segmentation.class_ids], np.int64)
@@ -93,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--baseline", action="store_true", help="the classical RANSAC + DBSCAN baseline")
     parser.add_argument("--preset", help="preset of an official checkpoint: scannet, scannet200, s3dis, stpls3d")
     parser.add_argument("--device", default="auto", help="torch device for the model (default auto)")
+    parser.add_argument("--dbscan-eps", type=float, help="override the checkpoint's DBSCAN distance (m; 0: off)")
+    parser.add_argument("--disjoint", action="store_true", help="score each point in at most one instance "
+                        "(the highest scored), as the node publishes them; default: overlapping masks, as officially")
+    parser.add_argument("--smooth-radius", type=float, help="override the checkpoint's mask smoothing radius "
+                        "(m; 0: off)")
     parser.add_argument("--dataset", choices=(*DATASETS, "auto"), default="auto",
                         help="frame format (default: guessed from the file name)")
     parser.add_argument("--label-map", type=Path, help="ScanNet: JSON {raw category: class name}")
@@ -120,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         from mask3d_ros.inference import bundled_checkpoint  # noqa: PLC0415
 
         checkpoint = args.checkpoint or str(bundled_checkpoint())
-        predict = SegmenterPredictor(checkpoint, args.preset, args.device).predict_scene
-        predictor = checkpoint
+        overrides = {name: getattr(args, name) for name in ("dbscan_eps", "smooth_radius")
+                     if getattr(args, name) is not None}
+        predict = SegmenterPredictor(checkpoint, args.preset, args.device, args.disjoint, **overrides).predict_scene
+        predictor = checkpoint + "".join(f", {name} {value:g}" for name, value in overrides.items())
+        predictor += ", disjoint" if args.disjoint else ""
     options = {"label_map": json.loads(args.label_map.read_text())} if args.label_map else {}
     start = time.perf_counter()
     result = evaluate_scenes(frames, args.dataset, predict, args.min_region_size,
