@@ -20,7 +20,7 @@ from mask3d_ros.checkpoint import Checkpoint, check_config, load_weights, read_c
 from mask3d_ros.decoder import Mask3D
 from mask3d_ros.postprocess import Segmentation
 from mask3d_ros.presets import Preset, get_preset, preset_from_description
-from mask3d_ros.voxel import voxelize
+from mask3d_ros.voxel import voxel_mean, voxelize
 
 MODES = ("instance", "semantic", "panoptic")
 
@@ -91,7 +91,8 @@ class Segmenter:
     def __init__(self, preset: str | Preset | None = None, checkpoint: str | Path | None = None, *,
                  device: str | torch.device = "auto", half: bool = False, mode: str = "instance",
                  num_queries: int | None = None, topk: int | None = None, dbscan_eps: float | None = None,
-                 smooth_radius: float | None = None, voxel_size: float | None = None, score_threshold: float = 0.0, min_points: int = 0,
+                 smooth_radius: float | None = None, voxel_size: float | None = None,
+                 score_threshold: float = 0.0, min_points: int = 0,
                  random_weights: bool = False, seed: int = 0, backend: str = "torch"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -185,8 +186,7 @@ class Segmenter:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
         if preset.smooth_radius:    # on each voxel's mean colour: steadier than its one representative point's
-            counts = np.bincount(inverse_map, minlength=len(voxel_xyz))[:, None]
-            voxel_rgb = np.stack([np.bincount(inverse_map, rgb[:, c], len(voxel_xyz)) for c in range(3)], 1) / counts
+            voxel_rgb = voxel_mean(rgb, inverse_map, len(voxel_xyz))
             masks = postprocess.smooth_mask_logits(masks, voxel_xyz, voxel_rgb, preset.smooth_radius,
                                                    preset.smooth_color_sigma)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}

@@ -108,6 +108,11 @@ def _reduced(features: np.ndarray, inverse_map: np.ndarray, voxels: int, reduce:
     """Per-voxel features: the representative's, or the mean (float32 at least) of the voxel."""
     if reduce == "first":
         return features[unique_map]
+    return voxel_mean(features, inverse_map, voxels)
+
+
+def voxel_mean(features: np.ndarray, inverse_map: np.ndarray, voxels: int) -> np.ndarray:
+    """The mean (float32 at least) of ``features`` [N, ...] over each voxel's points."""
     columns = features.reshape(len(features), int(np.prod(features.shape[1:], dtype=np.int64)))
     counts = np.bincount(inverse_map, minlength=voxels)
     sums = np.stack([np.bincount(inverse_map, weights=columns[:, c], minlength=voxels)
