@@ -71,6 +71,7 @@ def test_segmenter_predictor_maps_voxel_instances_to_points_and_classes():
     segmentation = SimpleNamespace(masks=np.array([[True, False], [False, True]]), inverse_map=np.array([0, 0, 1]),
                                    class_ids=np.array([1, 0]), scores=np.array([0.9, 0.4], np.float32))
     predictor = eval_cli.SegmenterPredictor.__new__(eval_cli.SegmenterPredictor)
+    predictor.disjoint = False                       # __init__ skipped: the state it would set
     predictor.segmenter = SimpleNamespace(preset=SimpleNamespace(class_names=("chair", "object")),
                                           segment=lambda xyz, rgb: segmentation)
     scene = synthetic.Frame(np.zeros((1, 3, 3), np.float32), np.zeros((1, 3, 3), np.uint8), np.zeros((1, 3), int),
