@@ -162,8 +162,8 @@ def test_mosd_frames_through_the_node_score_as_offline(tmp_path, graph, mosd_dir
                     unanswered.append(message.log_time_ns)
             assert wait_while_running(node, lambda: demo.node_finished(statuses[-2:], len(frames)), 10.0,
                                       "while finishing"), statuses[-1:]
-            wait_while_running(node, lambda: recorder.counts.get(demo.INSTANCES_TOPIC, 0) >= len(answered), 10.0,
-                               "while recording")
+            assert wait_while_running(node, lambda: recorder.counts.get(demo.INSTANCES_TOPIC, 0) >= len(answered),
+                                      10.0, "while recording"), f"recorded {recorder.counts} of {len(answered)} answers"
             assert node.stop() == 0, node.log_path.read_text()
     finally:
         recorder.close()
@@ -270,8 +270,8 @@ def test_ouster_bag_replayed_by_the_play_tool_into_the_node(tmp_path, graph, ous
                 f"answered {answered} of {stamps}"
             assert wait_while_running(node, lambda: demo.node_finished(statuses[-2:], len(clouds)), 10.0,
                                       "while finishing"), statuses[-1:]
-            wait_while_running(node, lambda: recorder.counts.get(demo.INSTANCES_TOPIC, 0) >= len(stamps), 10.0,
-                               "while recording")
+            assert wait_while_running(node, lambda: recorder.counts.get(demo.INSTANCES_TOPIC, 0) >= len(stamps),
+                                      10.0, "while recording"), f"recorded {recorder.counts} of {len(stamps)} answers"
             assert node.stop() == 0, node.log_path.read_text()
     finally:
         recorder.close()

@@ -112,9 +112,10 @@ class BagRecorder:
         return len(self.subscribed) + len(self._unrecordable) == len(self.topics)
 
     def wait_until_subscribed(self, timeout_s: float = 10.0) -> bool:
-        """Poll the graph until every wanted topic is subscribed (no spinning needed)."""
+        """Poll the graph until every wanted topic is subscribed and matched to a publisher, so that
+        nothing published from then on is missed (no spinning needed)."""
         deadline = time.monotonic() + timeout_s
-        while not self.discover():
+        while not (self.discover() and all(sub.get_publisher_count() > 0 for sub in self._subscriptions)):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
