@@ -128,11 +128,16 @@ def smooth_mask_logits(mask_logits: Tensor, voxel_xyz: np.ndarray, voxel_rgb: np
 def dbscan_split(mask_logits: Tensor, voxel_xyz: np.ndarray, eps: float) -> tuple[Tensor, list[np.ndarray]]:
     """Split every query's positive voxels into DBSCAN clusters (``min_samples=1``) of their xyz.
 
+    With ``min_samples=1`` every point is a core point, so DBSCAN's clusters are the connected
+    components of the graph joining points at most ``eps`` apart; a KD-tree and scipy's
+    ``connected_components`` find them, numbered in order of their first point as DBSCAN does.
     Each cluster becomes a candidate mask that keeps its query's class probabilities and logits;
     queries with empty masks are dropped, as in the official evaluation. Returns the source query
     of each candidate and its voxel rows.
     """
-    from sklearn.cluster import DBSCAN
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
 
     positive = (mask_logits > 0).cpu().numpy()
     sources, members = [], []
@@ -140,10 +145,13 @@ def dbscan_split(mask_logits: Tensor, voxel_xyz: np.ndarray, eps: float) -> tupl
         rows = np.flatnonzero(positive[:, query])
         if rows.size == 0:
             continue
-        clusters = DBSCAN(eps=eps, min_samples=1).fit(voxel_xyz[rows]).labels_
-        for cluster in np.unique(clusters):
+        pairs = cKDTree(voxel_xyz[rows]).query_pairs(eps, output_type="ndarray")
+        graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])), shape=(rows.size,) * 2)
+        num_clusters, clusters = connected_components(graph, directed=False)
+        order = np.argsort(clusters, kind="stable")
+        for cluster_rows in np.split(rows[order], np.cumsum(np.bincount(clusters, minlength=num_clusters))[:-1]):
             sources.append(query)
-            members.append(rows[clusters == cluster])
+            members.append(cluster_rows)
     return torch.tensor(sources, dtype=torch.int64), members
 
 

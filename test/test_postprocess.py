@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mask3d_ros.postprocess import instance_inference, panoptic_inference, semantic_inference, smooth_mask_logits
+from mask3d_ros.postprocess import (dbscan_split, instance_inference, panoptic_inference, semantic_inference,
+                                    smooth_mask_logits)
 
 
 def logits_for(probabilities) -> torch.Tensor:
@@ -84,6 +85,40 @@ def test_dbscan_splits_a_mask_into_clusters_with_the_query_class():
     assert whole.num_instances == 1 and whole.masks[:, 0].sum() == 4
     with pytest.raises(ValueError, match="voxel_xyz"):
         instance_inference(logits_for(probs), masks, dbscan_eps=0.5)
+
+
+def dbscan_min_samples_1(xyz: np.ndarray, eps: float) -> np.ndarray:
+    """DBSCAN with min_samples=1 by its definition: clusters grow from the first unlabelled point
+    through every point within eps (inclusive) of a member, numbered in order of their first point."""
+    near = np.linalg.norm(xyz[:, None] - xyz[None], axis=2) <= eps
+    labels = np.full(len(xyz), -1)
+    for seed in range(len(xyz)):
+        if labels[seed] >= 0:
+            continue
+        labels[seed], frontier = labels.max() + 1, [seed]
+        while frontier:
+            grown = np.flatnonzero(near[frontier].any(0) & (labels < 0))
+            labels[grown], frontier = labels[seed], list(grown)
+    return labels
+
+
+def test_dbscan_split_matches_dbscan_by_definition():
+    rng = np.random.default_rng(4)
+    xyz = np.concatenate([rng.normal(centre, 0.05, (40, 3)) for centre in rng.uniform(0, 1, (6, 3))])
+    masks = torch.from_numpy(rng.normal(0.3, 1.0, (len(xyz), 5))).float()
+    for eps in (0.02, 0.06, 0.15):
+        sources, members = dbscan_split(masks, xyz, eps)
+        expected_sources, expected_members = [], []
+        for query in range(masks.shape[1]):
+            rows = np.flatnonzero(masks[:, query].numpy() > 0)
+            labels = dbscan_min_samples_1(xyz[rows], eps)
+            expected_sources += [query] * (labels.max() + 1)
+            expected_members += [rows[labels == label] for label in range(labels.max() + 1)]
+        assert sources.tolist() == expected_sources
+        assert len(members) == len(expected_members) and all(map(np.array_equal, members, expected_members))
+    # points exactly eps apart are neighbours (DBSCAN's <=)
+    line = np.array([[0, 0, 0], [0.5, 0, 0], [1.0, 0, 0]], np.float64)
+    assert len(dbscan_split(torch.ones(3, 1), line, 0.5)[1]) == 1
 
 
 def test_semantic_takes_the_argmax_of_summed_evidence():
