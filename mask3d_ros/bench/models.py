@@ -22,7 +22,7 @@ import numpy as np
 from mask3d_ros.bench.core import Row, race
 
 MODELS = {
-    "tabletop": "bundled tabletop model (Res16UNet14A x0.5, 32 queries)",
+    "tabletop": "bundled tabletop model (Res16UNet14A x0.5, 64 queries, smoothing + DBSCAN)",
     "scannet": "ScanNet Mask3D (Res16UNet34C, 150 queries, random weights, no DBSCAN)",
 }
 STAGES = ("voxelize", "backbone", "decoder", "post")
