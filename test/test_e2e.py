@@ -153,7 +153,8 @@ def test_mosd_frames_through_the_node_score_as_offline(tmp_path, graph, mosd_dir
     # parameters file, pose_source none.
     command = demo.node_command(PARAMS_FILE, {"points_topic": layout.points_topic,
                                               "model.checkpoint": str(model_checkpoint),
-                                              "model.score_threshold": 0.0, "model.min_instance_points": 1, **EXACT_MAP})
+                                              "model.score_threshold": 0.0, "model.min_instance_points": 1,
+                                              **EXACT_MAP})
     answered, statuses = answered_stamps(graph), pipeline_statuses(graph)
     recorder = BagRecorder(graph, tmp_path / "outputs", OUTPUT_TOPICS)
     publisher = graph.create_publisher(PointCloud2, layout.points_topic, QoSProfile(depth=1))

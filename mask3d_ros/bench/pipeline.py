@@ -69,7 +69,8 @@ def node_work_rows(frame, repeats: int) -> list[Row]:
     ours, baseline, rolling = accumulate_closures(frame.msg)
     times = race({"ours": ours, "baseline": baseline}, repeats)
     snap = rolling.snapshot()
-    rows = [Row(f"per cloud: decode + accumulate ({MAP_VOXEL_SIZE * 1000:g} mm map, 1 frame): {frame.name}", min(times["ours"]), "ms",
+    rows = [Row(f"per cloud: decode + accumulate ({MAP_VOXEL_SIZE * 1000:g} mm map, 1 frame): {frame.name}",
+                min(times["ours"]), "ms",
                 f"{DECODE_BASELINE} + np.unique de-duplication", min(times["baseline"]),
                 f"{len(snap):,} map points; best of {repeats}", extra={"map_points": len(snap)})]
     runner = ModelRunner(lambda: Segmenter(None, bundled_checkpoint(), device="cpu"), "cpu")
