@@ -1,28 +1,39 @@
 """The node's own work around the model, without ROS transport (what the latency rows are made of).
 
-Per cloud (the subscription callback): decode the Kinect frame and add it to the rolling map at the
-tabletop configuration's de-duplication grid (2 mm, one frame), against a field-by-field decode
-plus ``np.unique`` de-duplication. Per result (the worker thread, besides the model): instance
-selection, stable ids, boxes, labeled cloud, InstanceArray and markers, against the bundled
-model's forward on the same map (one thread, as the node runs it): the ratio says how many times
-cheaper than the model the output side is.
+Per cloud (the subscription callback): decode the Kinect frame and add it to the rolling map with
+the tabletop parameters file's de-duplication grid and point bound (one frame), against a
+field-by-field decode plus ``np.unique`` de-duplication. Per result (the worker thread, besides
+the model): instance selection, stable ids, boxes, labeled cloud, InstanceArray and markers,
+against the bundled model's forward on the same map (one thread, as the node runs it): the ratio
+says how many times cheaper than the model the output side is.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from mask3d_ros.bench.clouds import DECODE_BASELINE, baseline_decode, baseline_voxelize
 from mask3d_ros.bench.core import Row, race
 
-MAP_VOXEL_SIZE = 0.002  # config/mask3d_tabletop.yaml accumulation.voxel_size
+
+def tabletop_accumulation() -> dict:
+    """The ``accumulation`` parameters of config/mask3d_tabletop.yaml (installed or in the source tree)."""
+    import yaml  # noqa: PLC0415
+
+    from mask3d_ros.demo import PARAMS_FILE  # noqa: PLC0415
+    from mask3d_ros.inference import share_directory  # noqa: PLC0415
+
+    root = share_directory() or Path(__file__).resolve().parents[2]
+    return yaml.safe_load((root / PARAMS_FILE).read_text())["/**"]["ros__parameters"]["accumulation"]
 
 
-def accumulate_closures(msg, voxel_size: float = MAP_VOXEL_SIZE):
+def accumulate_closures(msg, voxel_size: float, max_points: int):
     """(ours, baseline, map): decode + RollingMap.add, and decode + np.unique de-duplication."""
     from mask3d_ros.accumulator import RollingMap  # noqa: PLC0415
     from mask3d_ros.cloud import xyz_rgb_from_cloud  # noqa: PLC0415
 
-    rolling = RollingMap(voxel_size, max_frames=1, max_points=400_000)  # as config/mask3d_tabletop.yaml
+    rolling = RollingMap(voxel_size, max_frames=1, max_points=max_points)
     pose, stamp = np.eye(4), iter(range(1, 10**9))
 
     def ours():
@@ -66,10 +77,11 @@ def node_work_rows(frame, repeats: int) -> list[Row]:
     from mask3d_ros.inference import ModelRunner, bundled_checkpoint  # noqa: PLC0415
     from mask3d_ros.segmenter import Segmenter  # noqa: PLC0415
 
-    ours, baseline, rolling = accumulate_closures(frame.msg)
+    accumulation = tabletop_accumulation()
+    ours, baseline, rolling = accumulate_closures(frame.msg, accumulation["voxel_size"], accumulation["max_points"])
     times = race({"ours": ours, "baseline": baseline}, repeats)
     snap = rolling.snapshot()
-    rows = [Row(f"per cloud: decode + accumulate ({MAP_VOXEL_SIZE * 1000:g} mm map, 1 frame): {frame.name}",
+    rows = [Row(f"per cloud: decode + accumulate ({accumulation['voxel_size'] * 1000:g} mm map, 1 frame): {frame.name}",
                 min(times["ours"]), "ms",
                 f"{DECODE_BASELINE} + np.unique de-duplication", min(times["baseline"]),
                 f"{len(snap):,} map points; best of {repeats}", extra={"map_points": len(snap)})]
