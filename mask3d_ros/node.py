@@ -779,6 +779,11 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - re-raised unless the context is already shut down
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while a callback ran (its publish fails: "context is
+        # invalid"): the same stop as above, not a crash that skips the exit path below
     finally:
         stopped = node.shutdown(timeout=0.5)
         if not stopped:
