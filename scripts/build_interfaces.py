@@ -23,6 +23,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "mask3d_ros"
 INIT_TEXT = (REPO / PACKAGE / "__init__.py").read_text()
@@ -32,8 +34,6 @@ WHEEL_BUILD_INCLUDES = re.compile(r"/opt/python/cp3\d+-cp3\d+/(include/python3\.
 
 def fix_exported_cmake(prefix: Path) -> int:
     """Point the wheels' exported *rosidl_generator_py* targets at this interpreter's headers."""
-    import numpy
-
     replacements = {
         "include": sysconfig.get_paths()["include"],
         "numpy": numpy.get_include(),

@@ -6,4 +6,4 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 scripts/setup_env.sh
-exec .venv/bin/python -m mask3d_ros.demo "$@"
+exec .venv/bin/python -m mask3d_ros.tools.demo "$@"

@@ -14,9 +14,9 @@ evaluator:
 import argparse
 from pathlib import Path
 
-from mask3d_ros.copy_paste import make_scenes
-from mask3d_ros.datasets import load_mosd, write_scene
-from mask3d_ros.synthetic import cached_scenes
+from mask3d_ros.data.datasets import load_mosd, write_scene
+from mask3d_ros.data.synthetic import cached_scenes
+from mask3d_ros.training.copy_paste import make_scenes
 
 HOLDOUT = {"varied": 29000, "map": 49000}
 COUNT = 12

@@ -48,7 +48,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # 4. Optional MinkowskiEngine backend (source build; see README "Backends").
-if [ "${MASK3D_ROS_MINKOWSKI:-0}" = "1" ] && ! "$VENV/bin/python" -c "import mask3d_ros.backends as b; b.import_minkowski()" 2>/dev/null; then
+if [ "${MASK3D_ROS_MINKOWSKI:-0}" = "1" ] && ! "$VENV/bin/python" -c "import mask3d_ros.model.backends as b; b.import_minkowski()" 2>/dev/null; then
   log "building MinkowskiEngine 0.5.4 (CPU, a few minutes)"
   "${PIP[@]}" install ninja==1.13.2 2>&1 | grep -v "is ignored" >&2 || true
   SETUPTOOLS_USE_DISTUTILS=stdlib "${PIP[@]}" install --no-build-isolation minkowskiengine==0.5.4 \

@@ -16,10 +16,11 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
-from mask3d_ros.cloud import create_cloud, pack_rgb
-from mask3d_ros.node import Mask3DNode
-from mask3d_ros.outputs import InstanceSegmentation
-from mask3d_ros.poses import NS_PER_S
+from mask3d_ros.data.colors import pack_rgb
+from mask3d_ros.model.results import PointSegmentation
+from mask3d_ros.ros.cloud import create_cloud
+from mask3d_ros.ros.node import Mask3DNode
+from mask3d_ros.ros.poses import NS_PER_S
 
 TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 
@@ -126,7 +127,7 @@ class FakeModel:
         point_instance = instance_of_cell[inverse]
         classes = np.arange(big.sum()) % 2
         scores = np.full(big.sum(), self.score, np.float32)
-        return InstanceSegmentation.from_point_instances(point_instance, classes, scores, self.class_names)
+        return PointSegmentation.from_point_instances(point_instance, classes, scores, self.class_names)
 
     def release(self):
         self.released += 1

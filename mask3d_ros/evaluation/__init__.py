@@ -1,0 +1,2 @@
+"""ScanNet-benchmark AP, the classical RANSAC + DBSCAN baseline, and the conversion of results
+into scored predictions. No ROS."""

@@ -1,0 +1,191 @@
+"""Instance, semantic and panoptic readings of hand-built decoder outputs."""
+import numpy as np
+import pytest
+import torch
+
+from mask3d_ros.model.postprocess import (
+    dbscan_split,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+    smooth_mask_logits,
+)
+
+
+def logits_for(probabilities) -> torch.Tensor:
+    """Class logits whose softmax is exactly the given rows (last column = no object)."""
+    return torch.tensor(probabilities, dtype=torch.float64).log().float()
+
+
+# three queries, two classes + no-object; six voxels
+PROBS = [[0.6, 0.3, 0.1], [0.1, 0.7, 0.2], [0.05, 0.05, 0.9]]
+MASKS = torch.tensor([
+    [2.0, -1.0, 1.0],
+    [1.0, -1.0, 1.0],
+    [-1.0, 3.0, 1.0],
+    [-1.0, 0.5, -1.0],
+    [-1.0, -1.0, -1.0],
+    [0.5, -2.0, -1.0],
+])
+
+
+def mean_sigmoid(column: torch.Tensor) -> float:
+    inside = column > 0
+    return float(column[inside].sigmoid().sum() / (inside.sum() + 1e-6))
+
+
+def test_instance_scores_follow_the_official_formula():
+    result = instance_inference(logits_for(PROBS), MASKS, topk=4)
+    prob = torch.softmax(logits_for(PROBS), -1)[:, :-1]
+    expected = sorted(((float(prob[q, c]) * mean_sigmoid(MASKS[:, q]), q, c)
+                       for q in range(3) for c in range(2)), reverse=True)
+    # top-4 by class probability: (1,1) .7, (0,0) .6, (0,1) .3, (1,0) .1 -- then sorted by score
+    chosen = [e for e in expected if (e[1], e[2]) in {(1, 1), (0, 0), (0, 1), (1, 0)}]
+    assert list(zip(result.query_ids, result.class_ids)) == [(q, c) for _, q, c in chosen]
+    np.testing.assert_allclose(result.scores, [s for s, _, _ in chosen], rtol=1e-6)
+    np.testing.assert_array_equal(result.masks[:, 0], (MASKS[:, result.query_ids[0]] > 0).numpy())
+
+
+def test_instance_topk_minus_one_keeps_as_many_pairs_as_queries_and_large_topk_clamps():
+    assert instance_inference(logits_for(PROBS), MASKS, topk=-1).num_instances == 3
+    assert instance_inference(logits_for(PROBS), MASKS, topk=1000).num_instances == 6
+
+
+def test_voxel_and_point_views_take_the_highest_scored_instance():
+    inverse_map = np.array([0, 0, 1, 2, 3, 4, 5, 5, 5])
+    result = instance_inference(logits_for(PROBS), MASKS, topk=2, class_to_label=np.array([10, 20]),
+                                inverse_map=inverse_map)
+    first = result.masks[:, 0]
+    assert (result.voxel_instance[first] == 0).all()
+    assert (result.voxel_instance[~result.masks.any(1)] == -1).all()
+    np.testing.assert_array_equal(result.point_instance, result.voxel_instance[inverse_map])
+    np.testing.assert_array_equal(result.label_ids, result.class_ids * 10 + 10)
+    assert set(result.point_label[result.point_instance >= 0]) <= {10, 20}
+    assert result.point_masks().shape == (len(inverse_map), result.num_instances)
+
+
+def test_filters_score_size_and_class():
+    inverse_map = np.array([0, 0, 0, 0, 1, 2, 3, 4, 5])        # voxel 0 holds four points
+    full = instance_inference(logits_for(PROBS), MASKS, topk=6, inverse_map=inverse_map)
+    threshold = float(np.median(full.scores))
+    assert (instance_inference(logits_for(PROBS), MASKS, topk=6, score_threshold=threshold).scores >= threshold).all()
+    sized = instance_inference(logits_for(PROBS), MASKS, topk=6, min_size=6, inverse_map=inverse_map)
+    assert (sized.point_masks().sum(0) >= 6).all() and 0 < sized.num_instances < full.num_instances
+    assert 1 not in instance_inference(logits_for(PROBS), MASKS, topk=6, exclude_classes=(1,)).class_ids
+
+
+def test_dbscan_splits_a_mask_into_clusters_with_the_query_class():
+    xyz = np.array([[0, 0, 0], [0.1, 0, 0], [5, 0, 0], [5.1, 0, 0], [9, 9, 9]], np.float32)
+    masks = torch.tensor([[1.0, -1], [2.0, -1], [3.0, -1], [4.0, -1], [-1.0, -1]])
+    probs = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]]
+    result = instance_inference(logits_for(probs), masks, topk=-1, dbscan_eps=0.5, voxel_xyz=xyz)
+    # query 1 has an empty mask and is dropped; query 0 becomes two candidates
+    assert result.num_instances == 2 and (result.query_ids == 0).all() and (result.class_ids == 0).all()
+    got = {tuple(np.flatnonzero(result.masks[:, j])): result.scores[j] for j in range(2)}
+    p = float(torch.softmax(logits_for(probs), -1)[0, 0])
+    assert got.keys() == {(0, 1), (2, 3)}
+    np.testing.assert_allclose(got[(2, 3)], p * (torch.tensor([3.0, 4.0]).sigmoid().sum() / (2 + 1e-6)), rtol=1e-6)
+    # a large radius keeps each mask whole
+    whole = instance_inference(logits_for(probs), masks, topk=-1, dbscan_eps=10.0, voxel_xyz=xyz)
+    assert whole.num_instances == 1 and whole.masks[:, 0].sum() == 4
+    with pytest.raises(ValueError, match="voxel_xyz"):
+        instance_inference(logits_for(probs), masks, dbscan_eps=0.5)
+
+
+def dbscan_min_samples_1(xyz: np.ndarray, eps: float) -> np.ndarray:
+    """DBSCAN with min_samples=1 by its definition: clusters grow from the first unlabelled point
+    through every point within eps (inclusive) of a member, numbered in order of their first point."""
+    near = np.linalg.norm(xyz[:, None] - xyz[None], axis=2) <= eps
+    labels = np.full(len(xyz), -1)
+    for seed in range(len(xyz)):
+        if labels[seed] >= 0:
+            continue
+        labels[seed], frontier = labels.max() + 1, [seed]
+        while frontier:
+            grown = np.flatnonzero(near[frontier].any(0) & (labels < 0))
+            labels[grown], frontier = labels[seed], list(grown)
+    return labels
+
+
+def test_dbscan_split_matches_dbscan_by_definition():
+    rng = np.random.default_rng(4)
+    xyz = np.concatenate([rng.normal(centre, 0.05, (40, 3)) for centre in rng.uniform(0, 1, (6, 3))])
+    masks = torch.from_numpy(rng.normal(0.3, 1.0, (len(xyz), 5))).float()
+    for eps in (0.02, 0.06, 0.15):
+        sources, members = dbscan_split(masks, xyz, eps)
+        expected_sources, expected_members = [], []
+        for query in range(masks.shape[1]):
+            rows = np.flatnonzero(masks[:, query].numpy() > 0)
+            labels = dbscan_min_samples_1(xyz[rows], eps)
+            expected_sources += [query] * (labels.max() + 1)
+            expected_members += [rows[labels == label] for label in range(labels.max() + 1)]
+        assert sources.tolist() == expected_sources
+        assert len(members) == len(expected_members) and all(map(np.array_equal, members, expected_members))
+    # points exactly eps apart are neighbours (DBSCAN's <=)
+    line = np.array([[0, 0, 0], [0.5, 0, 0], [1.0, 0, 0]], np.float64)
+    assert len(dbscan_split(torch.ones(3, 1), line, 0.5)[1]) == 1
+
+
+def test_semantic_takes_the_argmax_of_summed_evidence():
+    result = semantic_inference(logits_for(PROBS), MASKS)
+    prob = torch.softmax(logits_for(PROBS), -1)[:, :-1]
+    expected = (MASKS.sigmoid() @ prob).argmax(1).numpy()
+    np.testing.assert_array_equal(result.voxel_class, expected)
+    assert (result.masks.sum(1) == 1).all()             # every voxel in exactly one segment
+    assert ((result.scores > 0) & (result.scores <= 1)).all()
+
+
+def test_panoptic_instances_do_not_overlap_and_skip_no_object_queries():
+    result = panoptic_inference(logits_for(PROBS), MASKS, overlap_threshold=0.0)
+    assert (result.masks.sum(1) <= 1).all()
+    assert 2 not in result.query_ids                      # query 2's best class is "no object"
+    prob = torch.softmax(logits_for(PROBS), -1)
+    for j, q in enumerate(result.query_ids):
+        for v in np.flatnonzero(result.masks[:, j]):
+            others = [float(prob[o, :-1].max() * MASKS[v, o].sigmoid()) for o in (0, 1)]
+            assert others[q] == max(others) and MASKS[v, q] >= 0
+    assert (result.voxel_instance[result.masks.any(1)] >= 0).all()
+
+
+def test_panoptic_drops_mostly_covered_queries_and_handles_nothing_left():
+    result = panoptic_inference(logits_for(PROBS), MASKS, overlap_threshold=0.8)
+    masks_by_query = {q: result.masks[:, j].sum() for j, q in enumerate(result.query_ids)}
+    for q, size in masks_by_query.items():
+        assert size >= 0.8 * (MASKS[:, q] >= 0).sum()
+    empty = panoptic_inference(logits_for([[0.1, 0.1, 0.8]]), MASKS[:, :1])
+    assert empty.num_instances == 0 and (empty.voxel_instance == -1).all()
+
+
+def test_duplicate_suppression_keeps_the_best_of_overlapping_masks():
+    """Optional (off by default, as officially): masks overlapping a higher-scored one are dropped."""
+    logits = torch.tensor([[4.0, -4.0], [3.0, -4.0], [2.0, -4.0]])      # 3 queries, 1 class + no-object
+    masks = torch.full((10, 3), -5.0)
+    masks[:6, 0] = 5.0          # query 0: voxels 0-5
+    masks[:5, 1] = 5.0          # query 1: voxels 0-4 (IoU 5/6 with query 0)
+    masks[6:, 2] = 5.0          # query 2: voxels 6-9 (disjoint)
+    everything = instance_inference(logits, masks, topk=3)
+    assert sorted(everything.query_ids.tolist()) == [0, 1, 2]
+    deduplicated = instance_inference(logits, masks, topk=3, duplicate_iou=0.5)
+    assert deduplicated.query_ids.tolist() == [0, 2]
+    assert instance_inference(logits, masks, topk=3, duplicate_iou=0.9).num_instances == 3
+
+
+def test_smoothing_fills_speckles_but_stops_at_colour_edges():
+    """A 1 cm grid: a red and a blue half, the query's mask covers the red half except for two
+    speckled voxels; smoothing over 2.5 cm restores them and does not leak into the blue half."""
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(10), indexing="ij"), -1).reshape(-1, 2) * 0.01
+    xyz = np.c_[grid, np.zeros(len(grid))]
+    red = grid[:, 0] < 0.095
+    rgb = np.where(red[:, None], [200, 30, 30], [30, 30, 200]).astype(np.uint8)
+    logits = torch.from_numpy(np.where(red, 4.0, -4.0)[:, None].astype(np.float32))
+    speckles = np.flatnonzero(red)[[23, 57]]
+    logits[speckles] = -4.0
+    smoothed = smooth_mask_logits(logits, xyz, rgb, radius=0.025, color_sigma=0.1)
+    assert smoothed.shape == logits.shape
+    assert (smoothed[red] > 0).all()                          # speckles filled
+    assert (smoothed[~red] < 0).all()                         # nothing crossed the colour edge
+    plain = smooth_mask_logits(logits, xyz, np.zeros_like(rgb), radius=0.025, color_sigma=0.1)
+    edge = ~red & (grid[:, 0] < 0.105)
+    assert (plain[edge] > smoothed[edge] + 1).all()           # without colour, the edge blurs
+    lone = smooth_mask_logits(logits, xyz, rgb, radius=0.001, color_sigma=0.1)
+    assert torch.equal(lone, logits)                          # no neighbours: unchanged
