@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "mask3d_ros"
 INIT_TEXT = (REPO / PACKAGE / "__init__.py").read_text()
 # Include directories of the manylinux image the wheels were built in.
-WHEEL_BUILD_INCLUDES = re.compile(r"/opt/python/cp3\d+-cp3\d+/(include/python3\.\d+|lib/python3\.\d+/site-packages/numpy/_core/include)")
+WHEEL_BUILD_INCLUDES = re.compile(r"/opt/python/cp3\d+-cp3\d+/"
+                                  r"(include/python3\.\d+|lib/python3\.\d+/site-packages/numpy/_core/include)")
 
 
 def fix_exported_cmake(prefix: Path) -> int:

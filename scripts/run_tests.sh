@@ -6,6 +6,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 scripts/setup_env.sh
 # colcon build + install check; with MASK3D_ROS_COLCON_TEST=1 (CI) also `colcon test`, which runs
-# the same suite through ament_cmake_pytest. Then the suite from the venv.
+# the same suite through ament_cmake_pytest. Then lint, then the suite from the venv.
 MASK3D_ROS_COLCON_TEST="${MASK3D_ROS_COLCON_TEST:-0}" scripts/colcon_check.sh
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -4,12 +4,15 @@ background thread (each harness in its own rclpy Context) by a SingleThreadedExe
 MultiThreadedExecutor), message inboxes, a deterministic fake model and cloud builders."""
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -29,8 +32,6 @@ TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 @contextmanager
 def spun_node(name: str, executor_type=None):
     """A node in its own rclpy context, spun by ``executor_type`` in a background thread."""
-    from rclpy.executors import SingleThreadedExecutor
-
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node(name, context=context)
@@ -58,7 +59,6 @@ def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
 
 def stamp(t_s: float):
     ns = int(round(t_s * NS_PER_S))
-    from builtin_interfaces.msg import Time
 
     return Time(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S)
 
@@ -235,16 +235,14 @@ class Harness:
 def interrupt(process, within_s: float = 2.0) -> tuple[float, str]:
     """Ctrl-C a node process started with ``stdout=PIPE, stderr=STDOUT, text=True``; (seconds until
     it exited, its output), or AssertionError with the output when it outlives ``within_s``."""
-    import signal  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
     start = time.monotonic()
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=within_s)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"no exit within {within_s:g} s of SIGINT:\n{process.communicate(timeout=10)[0]}") from None
+        output = process.communicate(timeout=10)[0]
+        raise AssertionError(f"no exit within {within_s:g} s of SIGINT:\n{output}") from None
     elapsed = time.monotonic() - start
     return elapsed, process.communicate(timeout=10)[0]
 

@@ -586,7 +586,8 @@ def accumulated_map(seed: int, camera: Camera = Camera.kinect(320, 240), noise: 
         scene = frame.to_scene("view")
         world = scene.xyz.astype(np.float64) @ frame.camera_pose[:3, :3].T + frame.camera_pose[:3, 3]
         parts.append(replace(scene, xyz=world.astype(np.float32)))
-    merged = Scene(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("xyz", "rgb", "semantic", "instance")),
+    merged = Scene(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("xyz", "rgb", "semantic", "instance")),
                    CLASS_NAMES, ("object",), f"synthetic_map_{seed}")
     return dedupe(merged, voxel_size)
 
@@ -607,7 +608,8 @@ def cached_scenes(kind: str, count: int, seed: int, cache_dir: str | None = None
         path = Path(cache_dir) / f"{kind}_{scene_seed}.npz" if cache_dir else None
         if path is not None and path.exists():
             data = np.load(path)
-            scene = Scene(data["xyz"], data["rgb"], data["semantic"].astype(np.int64), data["instance"].astype(np.int64),
+            scene = Scene(data["xyz"], data["rgb"], data["semantic"].astype(np.int64),
+                          data["instance"].astype(np.int64),
                           CLASS_NAMES, ("object",), f"synthetic_{kind}_{scene_seed}")
         else:
             scene = _cache_entry(kind, scene_seed)

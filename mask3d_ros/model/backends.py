@@ -30,7 +30,8 @@ def import_minkowski():
             warnings.simplefilter("ignore", UserWarning)
             import MinkowskiEngine  # noqa: PLC0415 - the optional backend
     except ImportError as error:
-        raise ImportError(f"the 'minkowski' backend needs MinkowskiEngine 0.5.4; install it with: {INSTALL_HINT}") from error
+        raise ImportError(f"the 'minkowski' backend needs MinkowskiEngine 0.5.4; install it with:"
+                          f" {INSTALL_HINT}") from error
     return MinkowskiEngine
 
 

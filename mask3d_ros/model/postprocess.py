@@ -11,9 +11,10 @@ Three readings of the same output, as in Mask2Former:
 
 ``smooth_mask_logits`` optionally runs before any of them (not part of the official evaluation).
 
-All three return a :class:`~mask3d_ros.model.results.VoxelSegmentation`: instance masks and per-voxel assignments, with per-point
-views through the voxelization's ``inverse_map``. Class ids are the model's class indices
-(0..K-1, no-object dropped); ``label_ids`` are the dataset ids after the optional remap.
+All three return a :class:`~mask3d_ros.model.results.VoxelSegmentation`: instance masks and
+per-voxel assignments, with per-point views through the voxelization's ``inverse_map``. Class ids
+are the model's class indices (0..K-1, no-object dropped); ``label_ids`` are the dataset ids after
+the optional remap.
 """
 from __future__ import annotations
 

@@ -140,8 +140,9 @@ def grid_keys(xyz, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     (unlike :func:`voxelize`'s). Points with a non-finite coordinate or a voxel coordinate outside
     ``[-KEY_LIMIT, KEY_LIMIT)`` are left out.
     """
-    scaled = _scaled_floor(np.reshape(xyz, (-1, 3)), voxel_size)
-    inside = ((scaled >= -KEY_LIMIT) & (scaled < KEY_LIMIT)).all(axis=1)  # False for NaN
+    with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite points are left out below
+        scaled = _scaled_floor(np.reshape(xyz, (-1, 3)), voxel_size)
+        inside = ((scaled >= -KEY_LIMIT) & (scaled < KEY_LIMIT)).all(axis=1)  # False for NaN
     coords = (scaled if inside.all() else scaled[inside]).astype(np.int64) + KEY_LIMIT
     keys = coords[:, 0] << (2 * KEY_BITS)
     keys |= coords[:, 1] << KEY_BITS

@@ -193,7 +193,8 @@ def read_points(cloud, field_names=None, skip_nans: bool = False, uvs=None,
     pixels = None if uvs is None else _pixels(uvs, cloud.width, cloud.height)
     if reshape_organized_cloud and cloud.height > 1:
         if pixels is not None or skip_nans:
-            raise ValueError("reshape_organized_cloud keeps the (height, width) grid; it cannot follow uvs or skip_nans")
+            raise ValueError("reshape_organized_cloud keeps the (height, width) grid;"
+                             " it cannot follow uvs or skip_nans")
         return _native(points)
     keep = _xyz_not_nan(grid, pixels) if skip_nans else None
     if pixels is not None:

@@ -142,9 +142,23 @@ class Mask3DNode(Node):
     # --- setup ----------------------------------------------------------------------------
 
     def _setup(self, model, pose_source) -> None:
-        log = self.get_logger()
         self.config = self._declare_parameters()
+        self._init_state()
+        self._setup_map_and_poses(pose_source)
+        self._setup_model(model)
+        self._setup_outputs()
+        self._setup_services()
+        self._setup_input_and_timers()  # last, so no cloud arrives before the worker exists
         cfg = self.config
+        self.get_logger().info(
+            f"listening on {self.cloud_sub.topic_name} ({cfg['input_qos.reliability']}, depth"
+            f" {cfg['input_qos.depth']}); pose_source {self.pose_source_name}"
+            f"{'' if self.pose_source_name == 'none' else ', fixed_frame ' + cfg['fixed_frame']};"
+            f" trigger {cfg['trigger.mode']}; model {cfg['model.preset']} on {self.device}"
+            f" ({len(self.class_names)} classes)")
+
+    def _init_state(self) -> None:
+        """Counters, flags and locks shared by the callbacks and the worker."""
         self.counters = _Counters("clouds_received", "clouds_accumulated", "malformed_clouds", "empty_clouds",
                                   "clouds_outside_map", "cloud_errors", "pose_failures", "inference_requests",
                                   "inferences_skipped_small_map", "inferences_skipped_unchanged",
@@ -162,8 +176,14 @@ class Mask3DNode(Node):
         self._warned_no_input = False
         self.qos_warnings: list[str] = []  # the incompatible-QoS warnings given (diagnostics, tests)
         self._started = time.monotonic()
+        self.cloud_group = MutuallyExclusiveCallbackGroup()
+        self.odom_group = MutuallyExclusiveCallbackGroup()
+        self.service_group = MutuallyExclusiveCallbackGroup()
+        self.timer_group = MutuallyExclusiveCallbackGroup()
 
-        # map and poses
+    def _setup_map_and_poses(self, pose_source) -> None:
+        """The rolling map, the instance tracker and the pose source (with its odometry input)."""
+        cfg, log = self.config, self.get_logger()
         self.pose_source_name = cfg["pose_source"]
         max_frames = cfg["accumulation.max_frames"]
         if self.pose_source_name == "none" and max_frames != 1:
@@ -180,11 +200,6 @@ class Mask3DNode(Node):
         self.map_frame = cfg["fixed_frame"] if self.pose_source_name != "none" else ""
         self.tracker = InstanceTracker(voxel_size=max(0.05, 2 * cfg["accumulation.voxel_size"]))
         self.marker_builder = MarkerBuilder()
-
-        self.cloud_group = MutuallyExclusiveCallbackGroup()
-        self.odom_group = MutuallyExclusiveCallbackGroup()
-        self.service_group = MutuallyExclusiveCallbackGroup()
-        self.timer_group = MutuallyExclusiveCallbackGroup()
 
         self.odometry = None
         self._tf_listener = None
@@ -209,7 +224,9 @@ class Mask3DNode(Node):
                 event_callbacks=SubscriptionEventCallbacks(
                     incompatible_qos=lambda info: self._on_incompatible_subscription(info, "odom_qos")))
 
-        # model
+    def _setup_model(self, model) -> None:
+        """The model runner (built from the parameters unless injected) and its class names."""
+        cfg, log = self.config, self.get_logger()
         if model is None:
             if not cfg["model.checkpoint"]:
                 log.warn("model.checkpoint is empty and model.allow_random_weights is true: running RANDOM"
@@ -223,7 +240,9 @@ class Mask3DNode(Node):
         if problem:
             raise params.ParameterError([problem])
 
-        # outputs
+    def _setup_outputs(self) -> None:
+        """Publishers of the results and diagnostics; vision_msgs ones only when it is installed."""
+        cfg, log = self.config, self.get_logger()
         out_qos = _qos(cfg["output_qos.reliability"], cfg["output_qos.depth"], cfg["output_qos.durability"])
 
         def publisher(msg_type, topic, qos=out_qos):
@@ -231,7 +250,6 @@ class Mask3DNode(Node):
                 incompatible_qos=lambda info: self._on_incompatible_publisher(info, topic)))
 
         self.cloud_pub = publisher(PointCloud2, "~/labeled_cloud")
-
         self.instances_pub = publisher(InstanceArray, "~/instances")
         self.markers_pub = publisher(MarkerArray, "~/markers")
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -246,12 +264,15 @@ class Mask3DNode(Node):
             log.info("vision_msgs (Humble or newer API) is not installed: ~/detections and ~/label_info are"
                      " off (apt install ros-$ROS_DISTRO-vision-msgs to enable them)")
 
-        # services
+    def _setup_services(self) -> None:
+        """~/enable, ~/reset and ~/segment_now."""
         self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self.service_group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.service_group)
         self.create_service(Trigger, "~/segment_now", self._on_segment_now, callback_group=self.service_group)
 
-        # worker, then the input (so no cloud arrives before the worker exists)
+    def _setup_input_and_timers(self) -> None:
+        """The inference worker, the cloud subscription, and the rate, retry and diagnostics timers."""
+        cfg = self.config
         self.worker = LatestWinsWorker(self._run_inference, self._on_inference_error, name="mask3d-inference")
         self.cloud_sub = self.create_subscription(
             PointCloud2, cfg["points_topic"], self._on_cloud,
@@ -272,13 +293,6 @@ class Mask3DNode(Node):
         self.create_timer(cfg["diagnostics.period"], self._publish_diagnostics, callback_group=self.timer_group,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        log.info(
-            f"listening on {self.cloud_sub.topic_name} ({cfg['input_qos.reliability']}, depth"
-            f" {cfg['input_qos.depth']}); pose_source {self.pose_source_name}"
-            f"{'' if self.pose_source_name == 'none' else ', fixed_frame ' + cfg['fixed_frame']};"
-            f" trigger {cfg['trigger.mode']}; model {cfg['model.preset']} on {self.device}"
-            f" ({len(self.class_names)} classes)")
 
     def _declare_parameters(self) -> dict[str, Any]:
         values, problems = {}, []
@@ -763,10 +777,9 @@ class Mask3DNode(Node):
 def limit_malloc_arenas(count: int = 2) -> bool:
     """Cap glibc's heap arenas (as MALLOC_ARENA_MAX does), before the executor threads start.
 
-    glibc gives each thread that allocates its own arena; clouds decoded in the executor's pool
-    threads and inference in the worker fragment up to 8 per core separately, so the resident
-    memory crept up for minutes (mask3d-ros-soak at 30 Hz: +15 MiB/min and +6 % in 3 min; with 2
-    arenas flat within 1 %). A MALLOC_ARENA_MAX set by the user wins. True if applied.
+    glibc gives each allocating thread its own arena (up to 8 per core); allocations from the
+    executor and the inference worker then fragment separately and the resident memory creeps up
+    (measured in docs/architecture.md). A MALLOC_ARENA_MAX set by the user wins. True if applied.
     """
     if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
         return False

@@ -154,8 +154,8 @@ class StaticPoses:
 class OdometryBuffer:
     """Time-ordered fixed-frame poses of a body frame, interpolated at any stamp inside them.
 
-    Thread-safe: one thread may add samples while another interpolates. Memory is bounded by ``duration_s`` of samples (and
-    ``max_samples``). A stamp that jumps back by more than ``duration_s`` (a bag restarted, sim
+    Thread-safe: one thread may add samples while another interpolates. Memory is bounded by ``duration_s`` of
+    samples (and ``max_samples``). A stamp that jumps back by more than ``duration_s`` (a bag restarted, sim
     time reset) clears the buffer.
     """
 

@@ -287,7 +287,8 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
-        record = {"step": step + 1, "loss": float(loss.detach()), **{k: parts[k] for k in ("loss_ce", "loss_mask", "loss_dice")}}
+        record = {"step": step + 1, "loss": float(loss.detach()),
+                  **{k: parts[k] for k in ("loss_ce", "loss_mask", "loss_dice")}}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", ce=f"{record['loss_ce']:.3f}",
                         mask=f"{record['loss_mask']:.3f}", dice=f"{record['loss_dice']:.3f}")

@@ -1,4 +1,5 @@
 """PCD and PLY files: every encoding against independent writers, malformed files, real mOSD frames."""
+import lzf
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,8 +13,6 @@ PCD_TYPES = {"i1": ("I", 1), "u1": ("U", 1), "i2": ("I", 2), "u2": ("U", 2), "i4
 
 def pcd_bytes(records, encoding, width=None, height=1, padding=0):
     """A PCD file written the way PCL does, independently of the reader (padding: a '_' field)."""
-    import lzf
-
     names = list(records.dtype.names) + (["_"] if padding else [])
     kinds, sizes, counts, columns = [], [], [], []
     for name in records.dtype.names:

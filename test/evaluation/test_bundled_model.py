@@ -6,6 +6,7 @@ import pytest
 
 from mask3d_ros.model.checkpoint import read_checkpoint
 from mask3d_ros.model.files import bundled_checkpoint
+from mask3d_ros.tools import evaluate as eval_cli
 from mask3d_ros.tools.evaluate import SegmenterPredictor, evaluate_scenes, expand_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +34,6 @@ def test_bundled_model_reaches_the_recorded_val_ap(mosd_dir):
 
 def test_eval_overrides_the_checkpoints_post_processing(mosd_dir, tmp_path):
     """Ablations through the evaluator: the bundled model with its mask smoothing switched off."""
-    from mask3d_ros.tools import evaluate as eval_cli
-
     assert read_checkpoint(bundled_checkpoint()).description["smooth_radius"] > 0
     frames = [str(mosd_dir / "val" / "test55.pcd")]
     reports = {}

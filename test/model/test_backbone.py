@@ -8,6 +8,7 @@ import torch
 from conftest import require_shared
 
 from mask3d_ros.model.backbone import Res16UNet14A, Res16UNet18B, Res16UNet34C
+from mask3d_ros.model.backends import from_minkowski, to_minkowski
 from mask3d_ros.model.sparse import CoordinateManager, SparseTensor
 
 STRIDES = (16, 8, 4, 2, 1)
@@ -140,7 +141,6 @@ def test_level_coordinates_are_averages_of_averages(parity_dir):
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 def test_torch_and_minkowski_backends_agree_layer_by_layer():
     try:
-        from mask3d_ros.model.backends import from_minkowski, to_minkowski
         net_me = Res16UNet14A(3, 20, width=0.5, backend="minkowski").double().eval()
     except ImportError as error:
         pytest.skip(f"MinkowskiEngine is not importable: {error}")

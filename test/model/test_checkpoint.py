@@ -62,7 +62,8 @@ def test_missing_unexpected_and_wrong_shape_are_one_error(tiny_state):
     err = caught.value
     assert err.missing == ["decoder_norm.bias"] and err.unexpected == ["extra.weight"]
     assert err.mismatched == [("class_embed_head.weight", (9, TINY.hidden_dim), (TINY.num_classes, TINY.hidden_dim))]
-    for text in ("1 missing: decoder_norm.bias", "1 unexpected: extra.weight", "class_embed_head.weight (9, 32) vs (5, 32)"):
+    for text in ("1 missing: decoder_norm.bias", "1 unexpected: extra.weight",
+                 "class_embed_head.weight (9, 32) vs (5, 32)"):
         assert text in str(err)
 
 

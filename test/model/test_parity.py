@@ -135,8 +135,10 @@ def test_attention_logits(output, fixture, rows):
 
 def test_intermediate_and_final_predictions(output, fixture):
     for step, aux in enumerate(output["aux_outputs"]):
-        assert_close(f"aux{step}_pred_logits", aux["pred_logits"], fixture[f"decoder.aux{step}_pred_logits"], ATOL["logits"])
-        assert_close(f"aux{step}_pred_masks", aux["pred_masks"], fixture[f"decoder.aux{step}_pred_masks"], ATOL["masks"])
+        assert_close(f"aux{step}_pred_logits", aux["pred_logits"], fixture[f"decoder.aux{step}_pred_logits"],
+                     ATOL["logits"])
+        assert_close(f"aux{step}_pred_masks", aux["pred_masks"], fixture[f"decoder.aux{step}_pred_masks"],
+                     ATOL["masks"])
     assert_close("pred_logits", output["pred_logits"], fixture["decoder.pred_logits"], ATOL["logits"])
     assert_close("pred_masks", output["pred_masks"], fixture["decoder.pred_masks"], ATOL["masks"])
     assert_same_decisions("pred_masks", output["pred_masks"], fixture["decoder.pred_masks"])
@@ -153,7 +155,8 @@ def test_teacher_forced_attention_masks(model, output, fixture, rows):
                            torch.from_numpy(fixture["input.raw_coordinates"]),
                            fps_idx=torch.from_numpy(fixture["decoder.fps_idx"]), attn_logits=forced)
     for step, aux in enumerate(out["aux_outputs"]):
-        assert_close(f"forced aux{step}_pred_masks", aux["pred_masks"], fixture[f"decoder.aux{step}_pred_masks"], ATOL["masks"])
+        assert_close(f"forced aux{step}_pred_masks", aux["pred_masks"], fixture[f"decoder.aux{step}_pred_masks"],
+                     ATOL["masks"])
     assert_close("forced pred_logits", out["pred_logits"], fixture["decoder.pred_logits"], ATOL["logits"])
     assert_close("forced pred_masks", out["pred_masks"], fixture["decoder.pred_masks"], ATOL["masks"])
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mask3d_ros.data.pointfile import read_point_file, write_ply
+from mask3d_ros.model.backends import import_minkowski
 from mask3d_ros.model.checkpoint import CheckpointError
 from mask3d_ros.model.decoder import Mask3D, Mask3DConfig
 from mask3d_ros.model.presets import get_preset
@@ -112,12 +113,12 @@ def test_minkowski_backend_gives_the_torch_backends_result():
     """``backend="minkowski"`` (the node's ``model.backend``) runs the same weights through
     MinkowskiEngine's backbone; the decoder and the result must not notice."""
     try:
-        from mask3d_ros.model.backends import import_minkowski
         import_minkowski()
     except ImportError as error:
         pytest.skip(f"MinkowskiEngine is not importable: {error}")
     xyz, rgb = scene()
-    torch_result, torch_raw = Segmenter(TINY_PRESET, random_weights=True, device="cpu").segment(xyz, rgb, return_raw=True)
+    torch_segmenter = Segmenter(TINY_PRESET, random_weights=True, device="cpu")
+    torch_result, torch_raw = torch_segmenter.segment(xyz, rgb, return_raw=True)
     me = Segmenter(TINY_PRESET, random_weights=True, device="cpu", backend="minkowski")
     result, raw = me.segment(xyz, rgb, return_raw=True)
     np.testing.assert_array_equal(raw["fps_idx"], torch_raw["fps_idx"])
@@ -161,7 +162,8 @@ def test_a_preset_that_does_not_fit_the_checkpoint_is_refused(tmp_path):
 
 def test_cli_writes_ply_png_and_raw(tmp_path, capsys):
     xyz, rgb = scene(2000)
-    records = np.zeros(len(xyz), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    records = np.zeros(len(xyz), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                  ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     for i, axis in enumerate("xyz"):
         records[axis] = xyz[:, i]
     records["x"][:5] = np.nan                                   # invalid points stay, unlabelled

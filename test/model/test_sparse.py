@@ -13,6 +13,7 @@ from mask3d_ros.model.sparse import (
     avg_pool,
     cat,
     kernel_offsets,
+    sparse_conv,
 )
 
 GRID_ORIGIN = -16  # a multiple of every stride tested, so dense stride-2 windows are ME's parents
@@ -58,7 +59,8 @@ def dense_conv_weight(kernel: torch.Tensor, size: int) -> torch.Tensor:
 
 def make_input(seed: int, stride: int, channels: int, num_points: int = 300):
     manager = CoordinateManager(random_cloud(seed, num_points))
-    feats = torch.randn(manager.num_rows(stride), channels, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    feats = torch.randn(manager.num_rows(stride), channels, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
     return SparseTensor(feats.requires_grad_(), stride=stride, manager=manager)
 
 
@@ -224,7 +226,8 @@ def test_cat_keeps_order_and_batch_norm_is_stored_as_bn():
     y = x.replace(x.feats * 2)
     assert torch.equal(cat([x, y]).feats, torch.cat([x.feats, y.feats], 1))
     norm = SparseBatchNorm(2).double().eval()
-    assert set(norm.state_dict()) == {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
+    assert set(norm.state_dict()) == {"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                                      "bn.num_batches_tracked"}
     torch.testing.assert_close(norm(x).feats, norm.bn(x.feats))
     with pytest.raises(ValueError):
         cat([x, avg_pool(x)])
@@ -234,7 +237,6 @@ def test_gradcheck_of_the_sparse_function():
     x = make_input(seed=60, stride=1, channels=2, num_points=30)
     conv = SparseConv(2, 3, 3).double()
     pairs = x.manager.kernel_map(3, 1)
-    from mask3d_ros.model.sparse import sparse_conv
 
     assert torch.autograd.gradcheck(lambda f, w: sparse_conv(f, w, pairs), (x.feats, conv.kernel))
 

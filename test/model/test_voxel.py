@@ -1,4 +1,6 @@
 """Voxeliser: bitwise parity with Mask3D's fixture, a plain-Python oracle, invariants, edge cases."""
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -37,7 +39,8 @@ def test_parity_with_official_mask3d(parity_dir):
 
 
 clouds = st.builds(
-    lambda n, seed, scale, offset: (np.random.default_rng(seed).normal(size=(n, 3)) * scale + offset).astype(np.float32),
+    lambda n, seed, scale, offset: (np.random.default_rng(seed).normal(size=(n, 3)) * scale
+                                    + offset).astype(np.float32),
     st.integers(0, 300), st.integers(0, 2 ** 32 - 1), st.sampled_from([0.01, 0.1, 1.0, 50.0]),
     st.sampled_from([0.0, -3.7, 1234.5]))
 voxel_sizes = st.sampled_from([0.02, 0.05, 0.333, 0.2, 1.0])
@@ -152,8 +155,6 @@ def test_features_first_and_mean():
 
 
 def test_two_million_points_stay_in_bounded_memory():
-    import tracemalloc
-
     xyz = np.random.default_rng(0).normal(0, 3, (2_000_000, 3)).astype(np.float32)
     tracemalloc.start()
     try:

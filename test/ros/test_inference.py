@@ -1,9 +1,13 @@
 """The model adapter: building the Segmenter from parameters (clear errors), release and reload,
 and one run of the real model with random weights."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
-from mask3d_ros.model.files import ModelError, resolve_checkpoint
+from mask3d_ros.model.backends import import_minkowski
+from mask3d_ros.model.files import ModelError, bundled_checkpoint, resolve_checkpoint
 from mask3d_ros.model.results import PointSegmentation
 from mask3d_ros.ros import params
 from mask3d_ros.ros.model_runner import ModelRunner, segmenter_factory
@@ -21,8 +25,6 @@ class CountingSegmenter:
         self.released = False
 
     def segment(self, xyz, rgb):
-        from types import SimpleNamespace
-
         n = len(xyz)
         return SimpleNamespace(point_instance=np.r_[np.zeros(n // 2, int), -np.ones(n - n // 2, int)],
                                class_ids=np.array([1]), scores=np.array([0.7], np.float32), timings_ms={})
@@ -56,7 +58,6 @@ def test_checkpoint_and_device_errors_are_specific(tmp_path):
     weights = tmp_path / "w.ckpt"
     weights.write_bytes(b"not a checkpoint")
     assert resolve_checkpoint(str(weights)) == weights
-    import torch
 
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available"):
@@ -84,8 +85,6 @@ def test_real_model_with_random_weights_gives_a_consistent_segmentation():
 def test_the_backend_parameter_reaches_the_model():
     """``model.backend``: auto and torch build the pure-PyTorch backbone; minkowski builds
     MinkowskiEngine's, or fails at start with the install command when it is not importable."""
-    from mask3d_ros.model.backends import import_minkowski
-
     def built_backend(backend: str) -> str:
         runner = ModelRunner.from_config(config(**{"model.backend": backend}))
         runner.load()
@@ -103,8 +102,6 @@ def test_the_backend_parameter_reaches_the_model():
 
 
 def test_post_processing_parameters_override_the_checkpoint_only_when_set():
-    from mask3d_ros.model.files import bundled_checkpoint
-
     bundled = {"model.checkpoint": str(bundled_checkpoint()), "model.allow_random_weights": False}
     own = segmenter_factory(config(**bundled))[0]().preset
     chosen = segmenter_factory(config(**bundled, **{"model.dbscan_eps": 0.04, "model.smooth_radius": 0.0}))[0]().preset

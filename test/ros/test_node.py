@@ -11,15 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
+from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from ros_harness import FakeModel, Harness, cloud_msg, stamp, wait_for
+from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -28,8 +33,8 @@ from mask3d_ros.data.pointfile import read_pcd
 from mask3d_ros.model.results import NO_CLASS
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.ros import params
-from mask3d_ros.ros.cloud import read_points
-from mask3d_ros.ros.poses import NS_PER_S, StaticPoses, matrix_from_pose, stamp_to_ns
+from mask3d_ros.ros.cloud import create_cloud, read_points
+from mask3d_ros.ros.poses import NS_PER_S, IdentityPoses, StaticPoses, matrix_from_pose, stamp_to_ns
 
 pytestmark = pytest.mark.ros
 
@@ -168,10 +173,6 @@ def test_real_depth_frames_produce_consistent_outputs(harness_factory, mosd_dir)
 
 
 def cloud_msg_from_table(table, frame, t_s):
-    from std_msgs.msg import Header
-
-    from mask3d_ros.ros.cloud import create_cloud
-
     return create_cloud(Header(frame_id=frame, stamp=stamp(t_s)), table.points.dtype, table.grid())
 
 
@@ -275,7 +276,6 @@ def test_latest_wins_under_a_30_hz_flood(harness_factory):
     stats = h.node.worker.stats
     assert stats.busy and h.node.worker.pending, "one inference runs, exactly one waits"
     # the executor stays responsive while the model is busy: services and parameter services answer
-    from rcl_interfaces.srv import GetParameters
 
     answer = h.call(GetParameters, "/mask3d/get_parameters", GetParameters.Request(names=["trigger.mode"]))
     assert answer.values[0].string_value == "per_frame"
@@ -412,9 +412,6 @@ def test_rate_trigger_runs_on_the_node_clock_with_sim_time(harness_factory):
 
 def test_lidar_scan_with_float_intensity_and_no_colour(harness_factory, ouster_bag_dir):
     """A real Ouster OS1-64 scan (organized 64 x 2048, 9 fields, float intensity): grey from intensity."""
-    from rclpy.serialization import deserialize_message
-    from rosbags.highlevel import AnyReader
-
     with AnyReader([ouster_bag_dir]) as reader:
         connection = next(c for c in reader.connections if c.msgtype == "sensor_msgs/msg/PointCloud2")
         raw = next(raw for c, _, raw in reader.messages(connections=[connection]))
@@ -498,8 +495,6 @@ def test_namespace_and_remapping(harness_factory):
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "config").glob("mask3d_*.yaml")))
 def test_shipped_parameter_files_parse_and_validate(harness_factory, config):
     """rcl reads every config/mask3d_*.yaml and the node accepts every value in it."""
-    import yaml
-
     path = REPO / "config" / config
     raw = yaml.safe_load(path.read_text())
     assert list(raw) == ["/**"] and list(raw["/**"]) == ["ros__parameters"]
@@ -513,7 +508,6 @@ def test_shipped_parameter_files_parse_and_validate(harness_factory, config):
 
     expected = dict(flatten(raw["/**"]["ros__parameters"]))
     assert set(expected) <= set(params.PARAMETERS_BY_NAME), set(expected) - set(params.PARAMETERS_BY_NAME)
-    from mask3d_ros.ros.poses import IdentityPoses
 
     h = harness_factory(base=False, cli_args=["--ros-args", "--params-file", str(path)], pose_source=IdentityPoses(),
                         name=f"mask3d_{path.stem}")
@@ -545,7 +539,7 @@ def test_bad_parameters_exit_non_zero_with_a_clear_message(args, code, messages)
 
 def test_tf_pose_source_without_tf2_ros_fails_clearly():
     try:
-        import tf2_ros  # noqa: F401
+        import tf2_ros  # noqa: F401, PLC0415 - optional: a ROS 2 install has it, the PyPI wheels do not
     except ImportError:
         pass
     else:

@@ -6,11 +6,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mask3d_ros.ros import params
 
 REPO = Path(__file__).resolve().parents[2]
-ROW = re.compile(r"^\|\s*`(?P<name>[^`]+)`\s*\|\s*(?P<type>[^|]+?)\s*\|\s*`(?P<default>[^`]*)`\s*\|\s*(?P<text>.+?)\s*\|$")
+ROW = re.compile(r"^\|\s*`(?P<name>[^`]+)`\s*\|\s*(?P<type>[^|]+?)\s*\|"
+                 r"\s*`(?P<default>[^`]*)`\s*\|\s*(?P<text>.+?)\s*\|$")
 
 
 def parameter_rows(text: str):
@@ -91,8 +93,6 @@ def test_fastdds_profile_is_shared_memory_with_large_limits():
 
 
 def test_rviz_config_shows_the_outputs():
-    import yaml
-
     config = yaml.safe_load((REPO / "config" / "mask3d.rviz").read_text())
     displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
     assert displays["rviz_default_plugins/PointCloud2"]["Topic"]["Value"] == "/mask3d/labeled_cloud"

@@ -113,7 +113,7 @@ def cases(draw) -> Case:
 
     # layout: fields packed in order, with optional padding after each
     offsets, end = [], 0
-    for name, datatype, count in fields:
+    for _name, datatype, count in fields:
         offsets.append(end)
         end += np.dtype(NUMPY.get(datatype, "u1")).itemsize * max(count, 1) + draw(st.sampled_from([0, 0, 1, 4]))
     point_step = end + draw(st.sampled_from([0, 0, 3, 8]))

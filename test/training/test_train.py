@@ -65,7 +65,8 @@ def test_loss_goes_down_and_checkpoint_loads(tmp_path):
 
 def test_sources_exclude_held_out_frames_and_cache_synthetic_scenes(mosd_dir, tmp_path):
     config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], data=[
-        {"dataset": "mosd", "paths": [str(mosd_dir / "learn" / "learn1*.pcd")], "exclude": ["learn11.pcd", "learn12.pcd"]},
+        {"dataset": "mosd", "paths": [str(mosd_dir / "learn" / "learn1*.pcd")],
+         "exclude": ["learn11.pcd", "learn12.pcd"]},
         {"dataset": "synthetic", "kind": "map", "count": 1, "seed": 3, "cache": "cache", "repeat": 2},
     ])
     scenes = load_training_scenes(config, tmp_path)
