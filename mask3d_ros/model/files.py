@@ -6,6 +6,7 @@ No ROS needed: the offline tools resolve the bundled model the same way the node
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PACKAGE = "mask3d_ros"
@@ -20,14 +21,18 @@ BUNDLED_CHECKPOINT = "model/mask3d_tabletop.ckpt"
 
 
 def share_directory() -> Path | None:
-    """The package's share directory in a ROS install, or the source tree when run from it."""
+    """The package's share directory in a ROS install, else the source tree when run from it, else
+    the ``share/mask3d_ros`` a pip install writes under its prefix; None when none of them exists."""
     try:
         from ament_index_python.packages import get_package_share_directory  # noqa: PLC0415 - ROS installs only
 
         return Path(get_package_share_directory(PACKAGE))
     except Exception:  # noqa: BLE001 - not installed with colcon (or no ament_index)
-        source = Path(__file__).resolve().parents[2]
-        return source if (source / "package.xml").is_file() else None
+        pass
+    for candidate in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / PACKAGE):
+        if (candidate / "package.xml").is_file():
+            return candidate
+    return None
 
 
 def resolve_checkpoint(path: str) -> Path:

@@ -15,15 +15,18 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 
 class RateMeter:
-    """Events per second over the last ``window_s`` seconds (monotonic clock)."""
+    """Events per second over the last ``window_s`` seconds (monotonic clock), and the time since the
+    last event however long ago it was."""
 
     def __init__(self, window_s: float = 5.0, clock=time.monotonic):
         self.window_s = window_s
         self._clock = clock
         self._times: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._last: float | None = None  # kept apart: rate() forgets ticks older than the window
 
     def tick(self) -> None:
-        self._times.append(self._clock())
+        self._last = self._clock()
+        self._times.append(self._last)
 
     def rate(self) -> float:
         now = self._clock()
@@ -35,7 +38,8 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def since_last(self) -> float | None:
-        return self._clock() - self._times[-1] if self._times else None
+        """Seconds since the last tick; None before the first."""
+        return None if self._last is None else self._clock() - self._last
 
 
 def _format(value: Any) -> str:

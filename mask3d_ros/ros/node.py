@@ -154,7 +154,8 @@ class Mask3DNode(Node):
             f"listening on {self.cloud_sub.topic_name} ({cfg['input_qos.reliability']}, depth"
             f" {cfg['input_qos.depth']}); pose_source {self.pose_source_name}"
             f"{'' if self.pose_source_name == 'none' else ', fixed_frame ' + cfg['fixed_frame']};"
-            f" trigger {cfg['trigger.mode']}; model {cfg['model.preset']} on {self.device}"
+            f" trigger {cfg['trigger.mode']}; model {cfg['model.preset']}"
+            f" ({cfg['model.checkpoint'] or 'random weights'}) on {self.device}"
             f" ({len(self.class_names)} classes)")
 
     def _init_state(self) -> None:

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from mask3d_ros.model.files import BUNDLED_CHECKPOINT
+
 PRESET_CHOICES = ("tabletop", "scannet", "scannet200", "s3dis", "stpls3d")
 RELIABILITY_CHOICES = ("reliable", "best_effort")
 DURABILITY_CHOICES = ("volatile", "transient_local")
@@ -153,18 +155,19 @@ PARAMETERS: tuple[Param, ...] = (
       " Forced to 1 with pose_source none.", min=0, max=100000),
     P("accumulation.max_age", "float", 0.0, "Keep points seen in the last T seconds of cloud stamps"
       " (0: no age limit).", min=0.0, max=86400.0),
-    P("accumulation.voxel_size", "float", 0.01, "Edge (m) of the de-duplication grid of the map: one point"
-      " per voxel, the newest wins. Keep it at or below the model's voxel size.", min=0.0, max=10.0,
-      exclusive_min=True),
-    P("accumulation.max_points", "int", 300000, "Most points in the map (memory and inference time bound);"
+    P("accumulation.voxel_size", "float", 0.002, "Edge (m) of the de-duplication grid of the map: one point"
+      " per voxel, the newest wins. Keep it at or below the model's voxel size (5 mm for a moving camera).",
+      min=0.0, max=10.0, exclusive_min=True),
+    P("accumulation.max_points", "int", 400000, "Most points in the map (memory and inference time bound);"
       " the oldest observations go first.", min=1, max=50_000_000),
     P("roi.enabled", "bool", False, "Crop the map to the box roi.min .. roi.max in fixed_frame."),
     P("roi.min", "list[float]", [-5.0, -5.0, -2.0], "Lower corner x y z (m) of the region of interest.",
       length=3),
     P("roi.max", "list[float]", [5.0, 5.0, 3.0], "Upper corner x y z (m) of the region of interest.", length=3),
-    P("roi.min_range", "float", 0.0, "Drop points closer than this to the sensor (m; 0: off).",
+    P("roi.min_range", "float", 0.2, "Drop points closer than this to the sensor (m; 0: off).",
       min=0.0, max=10000.0),
-    P("roi.max_range", "float", 0.0, "Drop points farther than this from the sensor (m; 0: off).",
+    P("roi.max_range", "float", 2.5, "Drop points farther than this from the sensor (m; 0: off; a tabletop is"
+      " close, a LiDAR wants 0 or its range).",
       min=0.0, max=10000.0),
     # --- input colour ---
     P("input.colour_source", "str", "auto", "Model input colour: rgb (rgb/rgba or r,g,b fields), intensity"
@@ -179,14 +182,14 @@ PARAMETERS: tuple[Param, ...] = (
       " (trigger.rate Hz on the node clock, when the map changed), on_demand (~/segment_now only).",
       choices=TRIGGER_MODES),
     P("trigger.rate", "float", 1.0, "Inference rate (Hz) in rate mode.", min=0.0, max=1000.0, exclusive_min=True),
-    P("trigger.min_points", "int", 100, "Skip inference while the map has fewer points.", min=1),
+    P("trigger.min_points", "int", 500, "Skip inference while the map has fewer points.", min=1),
     # --- model ---
     P("model.preset", "str", "tabletop", "Model family: tabletop (the bundled model) or an official Mask3D"
       " release (scannet, scannet200, s3dis, stpls3d). A checkpoint that disagrees is refused.",
       choices=PRESET_CHOICES),
-    P("model.checkpoint", "str", "", "Path of the weights (.ckpt or state dict). Relative paths resolve"
-      " against the package share directory, then the working directory. Empty needs"
-      " model.allow_random_weights."),
+    P("model.checkpoint", "str", BUNDLED_CHECKPOINT, "Path of the weights (.ckpt or state dict); the default is"
+      " the bundled tabletop model. Relative paths resolve against the package share directory, then the"
+      " working directory. Empty needs model.allow_random_weights."),
     P("model.allow_random_weights", "bool", False, "Run with random weights when model.checkpoint is empty"
       " (tests and plumbing checks only: the output is meaningless)."),
     P("model.device", "str", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.", check=_device),
@@ -205,7 +208,7 @@ PARAMETERS: tuple[Param, ...] = (
     P("model.score_threshold", "float", 0.5, "Minimum instance score reported.", min=0.0, max=1.0,
       dynamic=True),
     P("model.min_instance_points", "int", 50, "Minimum points of a reported instance.", min=1, dynamic=True),
-    P("model.max_instances", "int", 100, "Most instances reported per inference (highest scores).", min=1,
+    P("model.max_instances", "int", 50, "Most instances reported per inference (highest scores).", min=1,
       dynamic=True),
     P("class_filter", "list[str]", [], "Classes to report, by name or id (empty: all classes); unknown names"
       " are refused.", check=_class_filter,
@@ -214,9 +217,9 @@ PARAMETERS: tuple[Param, ...] = (
     P("markers.style", "str", "cube", "Instance boxes as translucent CUBEs or LINE_LIST wireframes.",
       choices=MARKER_STYLES, dynamic=True),
     P("markers.alpha", "float", 0.4, "Opacity of CUBE boxes.", min=0.0, max=1.0, dynamic=True),
-    P("markers.line_width", "float", 0.01, "Line width (m) of LINE_LIST boxes.", min=0.0, max=10.0,
+    P("markers.line_width", "float", 0.005, "Line width (m) of LINE_LIST boxes.", min=0.0, max=10.0,
       exclusive_min=True, dynamic=True),
-    P("markers.text_size", "float", 0.05, "Height (m) of the label text.", min=0.0, max=100.0,
+    P("markers.text_size", "float", 0.03, "Height (m) of the label text.", min=0.0, max=100.0,
       exclusive_min=True, dynamic=True),
     P("markers.lifetime", "float", 0.0, "Marker lifetime (s; 0: until replaced or deleted).", min=0.0,
       dynamic=True),

@@ -14,7 +14,8 @@ from mask3d_ros.ros.model_runner import ModelRunner, segmenter_factory
 
 
 def config(**changes):
-    return params.validate({"model.allow_random_weights": True, "model.device": "cpu", **changes})
+    return params.validate({"model.checkpoint": "", "model.allow_random_weights": True, "model.device": "cpu",
+                            **changes})
 
 
 class CountingSegmenter:

@@ -429,13 +429,14 @@ def test_lidar_scan_with_float_intensity_and_no_colour(harness_factory, ouster_b
 def test_lidar_uint8_intensity_and_constant_colour(harness_factory):
     xyz = np.random.default_rng(0).uniform(-5, 5, (3000, 3)).astype(np.float32)
     intensity = (np.arange(3000) % 256).astype(np.uint8)
-    h = harness_factory({"accumulation.voxel_size": 0.001}, model=FakeModel(cell=3.0))
+    lidar = {"accumulation.voxel_size": 0.001, "roi.min_range": 0.0, "roi.max_range": 0.0}  # no tabletop crop
+    h = harness_factory(lidar, model=FakeModel(cell=3.0))
     h.publish(cloud_msg(xyz, None, "lidar", 1.0, intensity=intensity))
     wait_for(lambda: h.model.inputs, what="inference")
     grey = h.model.inputs[0][1]
     assert sorted(np.unique(grey[:, 0])) == list(range(256)), "uint8 intensity is the grey value"
-    h2 = harness_factory({"input.colour_source": "constant", "input.constant_colour": [10, 20, 30],
-                          "accumulation.voxel_size": 0.001}, model=FakeModel(cell=3.0), namespace="constant")
+    h2 = harness_factory({**lidar, "input.colour_source": "constant", "input.constant_colour": [10, 20, 30]},
+                         model=FakeModel(cell=3.0), namespace="constant")
     h2.publish(cloud_msg(xyz, None, "lidar", 1.0, intensity=intensity), topic="/constant/points")
     wait_for(lambda: h2.model.inputs, what="inference")
     assert np.all(h2.model.inputs[0][1] == [10, 20, 30])
@@ -520,7 +521,7 @@ BAD_PARAMETER_CASES = [
     (["-p", "accumulation.voxel_size:=-1.0", "-p", "trigger.mode:=sometimes"], 2,
      ["accumulation.voxel_size", "out of range", "trigger.mode", "'sometimes' is not one of"]),
     (["-p", "input_qos.depth:=one"], 2, ["input_qos.depth", "expected int"]),
-    (["-p", "model.allow_random_weights:=false"], 2, ["model.checkpoint is empty"]),
+    (["-p", "model.allow_random_weights:=false", "-p", "model.checkpoint:=''"], 2, ["model.checkpoint is empty"]),
     (["-p", "model.checkpoint:=/nonexistent/weights.ckpt"], 1, ["/nonexistent/weights.ckpt", "not found"]),
     (["-p", "class_filter:=[chair]"], 2, ["class_filter: unknown class", "table, object"]),
 ]

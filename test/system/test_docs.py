@@ -72,7 +72,8 @@ def test_cross_parameter_checks():
         with pytest.raises(params.ParameterError, match=text):
             params.validate({**base, **bad})
     with pytest.raises(params.ParameterError, match="model.checkpoint is empty"):
-        params.validate({})
+        params.validate({"model.checkpoint": ""})
+    assert params.validate({})["model.checkpoint"] == "model/mask3d_tabletop.ckpt", "the bundled model by default"
 
 
 def test_fastdds_profile_is_shared_memory_with_large_limits():

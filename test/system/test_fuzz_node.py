@@ -170,7 +170,8 @@ def cases(draw) -> Case:
 @pytest.fixture(scope="module")
 def harness():
     h = Harness({"model.allow_random_weights": True, "model.min_instance_points": 1, "trigger.min_points": 1,
-                 "accumulation.voxel_size": VOXEL, "diagnostics.period": 5.0})
+                 "accumulation.voxel_size": VOXEL, "diagnostics.period": 5.0,
+                 "roi.min_range": 0.0, "roi.max_range": 0.0})  # every usable point reaches the map
     h.labeled = h.subscribe(PointCloud2, "/mask3d/labeled_cloud")
     h.rosout = h.subscribe(Log, "/rosout", QoSProfile(depth=1000))
     h.next_t = 1.0
