@@ -156,16 +156,17 @@ def cloud_msg(xyz, rgb=None, frame="camera", t_s=1.0, organized_shape=None, inte
 
 
 class Harness:
-    """A Mask3DNode and a client node in one Context, spun in a background thread."""
+    """A Mask3DNode (or ``node_class``) and a client node in one Context, spun in a background thread."""
 
     def __init__(self, params: dict | None = None, model=None, pose_source=None, cli_args=None,
-                 name: str = "mask3d", namespace: str | None = None, executor_type=SingleThreadedExecutor):
+                 name: str = "mask3d", namespace: str | None = None, executor_type=SingleThreadedExecutor,
+                 node_class=Mask3DNode):
         self.context = Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
         self.model = model if model is not None else FakeModel()
         try:
-            self.node = Mask3DNode(name, model=self.model, pose_source=pose_source, context=self.context,
+            self.node = node_class(name, model=self.model, pose_source=pose_source, context=self.context,
                                    parameter_overrides=overrides, cli_args=cli_args, namespace=namespace)
         except BaseException:
             rclpy.shutdown(context=self.context)

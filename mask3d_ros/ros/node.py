@@ -40,6 +40,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -132,6 +133,9 @@ class Mask3DNode(Node):
     def __init__(self, node_name: str = NODE_NAME, *, model=None, pose_source=None, **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         self.worker = None
+        self._injected = (model, pose_source)
+        if self.managed:
+            return  # the lifecycle transitions set up (mask3d_ros.ros.lifecycle)
         try:
             self._setup(model, pose_source)
         except BaseException:
@@ -141,8 +145,12 @@ class Mask3DNode(Node):
 
     # --- setup ----------------------------------------------------------------------------
 
+    managed = False
+    """True in the lifecycle variant, whose transitions run the setup steps below."""
+
     def _setup(self, model, pose_source) -> None:
         self.config = self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_state()
         self._setup_map_and_poses(pose_source)
         self._setup_model(model)
@@ -218,8 +226,9 @@ class Mask3DNode(Node):
         self.pending_poses = PendingPoses(self.poses, limit=PENDING_POSE_LIMIT)
         self._pending_lock = threading.Lock()  # serialises the queue and the map adds it releases
         self._pending_timer = None
+        self.odom_sub = None
         if self.pose_source_name == "odometry":
-            self.create_subscription(
+            self.odom_sub = self.create_subscription(
                 Odometry, cfg["odom_topic"], self._on_odometry,
                 _qos(cfg["odom_qos.reliability"], cfg["odom_qos.depth"]), callback_group=self.odom_group,
                 event_callbacks=SubscriptionEventCallbacks(
@@ -267,9 +276,10 @@ class Mask3DNode(Node):
 
     def _setup_services(self) -> None:
         """~/enable, ~/reset and ~/segment_now."""
-        self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self.service_group)
-        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.service_group)
-        self.create_service(Trigger, "~/segment_now", self._on_segment_now, callback_group=self.service_group)
+        self._service_handles = [
+            self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self.service_group),
+            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.service_group),
+            self.create_service(Trigger, "~/segment_now", self._on_segment_now, callback_group=self.service_group)]
 
     def _setup_input_and_timers(self) -> None:
         """The inference worker, the cloud subscription, and the rate, retry and diagnostics timers."""
@@ -291,9 +301,9 @@ class Mask3DNode(Node):
         if cfg["trigger.mode"] == "rate":
             self.rate_timer = self.create_timer(1.0 / cfg["trigger.rate"], self._on_rate_timer,
                                                 callback_group=self.timer_group)
-        self.create_timer(cfg["diagnostics.period"], self._publish_diagnostics, callback_group=self.timer_group,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diagnostics_timer = self.create_timer(cfg["diagnostics.period"], self._publish_diagnostics,
+                                                   callback_group=self.timer_group,
+                                                   clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _declare_parameters(self) -> dict[str, Any]:
         values, problems = {}, []
@@ -312,6 +322,21 @@ class Mask3DNode(Node):
                 problems.append(f"{spec.name}: {error}")
                 continue
             values[spec.name] = spec.default if value is None else value
+        self._warn_unknown_parameters()
+        return self._validated(values, problems)
+
+    def _read_parameters(self) -> dict[str, Any]:
+        """The declared parameters' current values, validated (a lifecycle node configured again)."""
+        values = {}
+        for spec in params.PARAMETERS:
+            try:
+                value = self.get_parameter(spec.name).value
+            except ParameterUninitializedException:  # a typed declaration without a value: the default
+                value = None
+            values[spec.name] = spec.default if value is None else value
+        return self._validated(values, [])
+
+    def _warn_unknown_parameters(self) -> None:
         overrides = getattr(self, "_parameter_overrides", {})  # from --params-file, -p and parameter_overrides
         self.unknown_parameters = sorted(name for name in overrides if name not in params.PARAMETERS_BY_NAME
                                          and not name.startswith(_IGNORED_OVERRIDES))
@@ -319,6 +344,9 @@ class Mask3DNode(Node):
             close = difflib.get_close_matches(name, params.PARAMETERS_BY_NAME, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             self.get_logger().warn(f"ignoring unknown parameter {name!r}{hint}")
+
+    @staticmethod
+    def _validated(values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         try:
             config = params.validate(values)
         except params.ParameterError as error:
@@ -790,13 +818,17 @@ def limit_malloc_arenas(count: int = 2) -> bool:
         return False
 
 
-def main(args=None) -> int:
-    """Console entry point; returns the exit status (2: bad parameters, 1: the model cannot load)."""
+def main(args=None, node_class: type[Mask3DNode] | None = None) -> int:
+    """Console entry point; returns the exit status (2: bad parameters, 1: the model cannot load).
+
+    ``node_class`` is the lifecycle variant for ``mask3d_lifecycle_node`` (its parameters and model
+    are checked at ``configure`` instead, which fails the transition rather than the process).
+    """
     limit_malloc_arenas()
     rclpy.init(args=args)
     logger = rclpy.logging.get_logger(NODE_NAME)
     try:
-        node = Mask3DNode()
+        node = (node_class or Mask3DNode)()
     except params.ParameterError as error:
         logger.fatal(f"{error}\nNot starting. Fix the parameters (see `ros2 param describe` or README.md).")
         rclpy.try_shutdown()
