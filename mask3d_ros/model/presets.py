@@ -5,9 +5,12 @@ Model class indices are what the network predicts (no-object excluded). The offi
 dataset labels by ``label_offset`` and drops ``filter_out_classes`` before training, so model
 class ``c`` is dataset label ``label_ids[c]``.
 
+ScanNet200's class ids and names are the benchmark's label table (raw ScanNet label ids, in the
+benchmark's order). Its model classes follow the official remap: wall and floor are dropped, class 0
+is chair and class ``c >= 1`` is table entry ``c + 2``; classes 198 and 199 are never supervised and
+have no label (``exclude_classes``).
+
 Known gaps, flagged on the preset rather than guessed:
-* ScanNet200's 200-entry id/name table is not reproduced here: classes are named ``class_<c>``
-  and ``label_ids`` are the model indices (``label_ids_known=False``).
 * S3DIS (per test area) and STPLS3D colour statistics are computed by the official preprocessing
   and were never published; those presets carry the ScanNet statistics as a placeholder
   (``color_stats_known=False``). Pass the right ones to the segmenter when you have them.
@@ -30,6 +33,44 @@ SCANNET20_NAMES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", 
                    "toilet", "sink", "bathtub", "otherfurniture")
 S3DIS_NAMES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa",
                "bookcase", "board", "clutter")
+SCANNET200_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24, 26, 27, 28, 29, 31,
+                  32, 33, 34, 35, 36, 38, 39, 40, 41, 42, 44, 45, 46, 47, 48, 49, 50, 51, 52, 54, 55, 56, 57, 58, 59,
+                  62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 82, 84, 86, 87, 88, 89,
+                  90, 93, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 110, 112, 115, 116, 118, 120,
+                  121, 122, 125, 128, 130, 131, 132, 134, 136, 138, 139, 140, 141, 145, 148, 154, 155, 156, 157, 159,
+                  161, 163, 165, 166, 168, 169, 170, 177, 180, 185, 188, 191, 193, 195, 202, 208, 213, 214, 221, 229,
+                  230, 232, 233, 242, 250, 261, 264, 276, 283, 286, 300, 304, 312, 323, 325, 331, 342, 356, 370, 392,
+                  395, 399, 408, 417, 488, 540, 562, 570, 572, 581, 609, 748, 776, 1156, 1163, 1164, 1165, 1166,
+                  1167, 1168, 1169, 1170, 1171, 1172, 1173, 1174, 1175, 1176, 1178, 1179, 1180, 1181, 1182, 1183,
+                  1184, 1185, 1186, 1187, 1188, 1189, 1190, 1191)
+SCANNET200_NAMES = ("wall", "chair", "floor", "table", "door", "couch", "cabinet", "shelf", "desk", "office chair",
+                    "bed", "pillow", "sink", "picture", "window", "toilet", "bookshelf", "monitor", "curtain",
+                    "book", "armchair", "coffee table", "box", "refrigerator", "lamp", "kitchen cabinet", "towel",
+                    "clothes", "tv", "nightstand", "counter", "dresser", "stool", "cushion", "plant", "ceiling",
+                    "bathtub", "end table", "dining table", "keyboard", "bag", "backpack", "toilet paper", "printer",
+                    "tv stand", "whiteboard", "blanket", "shower curtain", "trash can", "closet", "stairs",
+                    "microwave", "stove", "shoe", "computer tower", "bottle", "bin", "ottoman", "bench", "board",
+                    "washing machine", "mirror", "copier", "basket", "sofa chair", "file cabinet", "fan", "laptop",
+                    "shower", "paper", "person", "paper towel dispenser", "oven", "blinds", "rack", "plate",
+                    "blackboard", "piano", "suitcase", "rail", "radiator", "recycling bin", "container", "wardrobe",
+                    "soap dispenser", "telephone", "bucket", "clock", "stand", "light", "laundry basket", "pipe",
+                    "clothes dryer", "guitar", "toilet paper holder", "seat", "speaker", "column", "bicycle",
+                    "ladder", "bathroom stall", "shower wall", "cup", "jacket", "storage bin", "coffee maker",
+                    "dishwasher", "paper towel roll", "machine", "mat", "windowsill", "bar", "toaster",
+                    "bulletin board", "ironing board", "fireplace", "soap dish", "kitchen counter", "doorframe",
+                    "toilet paper dispenser", "mini fridge", "fire extinguisher", "ball", "hat",
+                    "shower curtain rod", "water cooler", "paper cutter", "tray", "shower door", "pillar", "ledge",
+                    "toaster oven", "mouse", "toilet seat cover dispenser", "furniture", "cart", "storage container",
+                    "scale", "tissue box", "light switch", "crate", "power outlet", "decoration", "sign",
+                    "projector", "closet door", "vacuum cleaner", "candle", "plunger", "stuffed animal",
+                    "headphones", "dish rack", "broom", "guitar case", "range hood", "dustpan", "hair dryer",
+                    "water bottle", "handicap bar", "purse", "vent", "shower floor", "water pitcher", "mailbox",
+                    "bowl", "paper bag", "alarm clock", "music stand", "projector screen", "divider",
+                    "laundry detergent", "bathroom counter", "object", "bathroom vanity", "closet wall",
+                    "laundry hamper", "bathroom stall door", "ceiling light", "trash bin", "dumbbell", "stair rail",
+                    "tube", "bathroom cabinet", "cd case", "closet rod", "coffee kettle", "structure", "shower head",
+                    "keyboard piano", "case of water bottles", "coat rack", "storage organizer", "folded chair",
+                    "fire alarm", "power strip", "calendar", "poster", "potted plant", "luggage", "mattress")
 STPLS3D_NAMES = ("ground", "Build", "LowVeg", "MediumVeg", "HighVeg", "Vehicle", "Truck", "Aircraft",
                  "MilitaryVeh", "Bike", "Motorcycle", "LightPole", "StreetSign", "Clutter", "Fence")
 
@@ -53,7 +94,6 @@ class Preset:
     duplicate_iou: float | None = None     # drop duplicates above this point IoU (None: off)
     smooth_radius: float | None = None     # metres: colour-weighted mask smoothing (None: off)
     smooth_color_sigma: float = 0.1        # its colour kernel width, rgb in [0, 1]
-    label_ids_known: bool = True
     color_stats_known: bool = True
 
     def __post_init__(self):
@@ -81,12 +121,24 @@ def _scannet() -> Preset:
         label_offset=2, filter_out_classes=(0, 1))
 
 
+def _scannet200_classes() -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Names and label ids of the 200 model classes (see the module docstring for the remap)."""
+    table_rows = (1, *range(3, 200))  # class 0 -> chair; class c >= 1 -> table entry c + 2
+    unsupervised = (198, 199)
+    names = tuple(SCANNET200_NAMES[row] for row in table_rows) + tuple(f"class_{c}" for c in unsupervised)
+    ids = tuple(SCANNET200_IDS[row] for row in table_rows) + (-1,) * len(unsupervised)
+    return names, ids
+
+
+SCANNET200_CLASS_NAMES, SCANNET200_CLASS_IDS = _scannet200_classes()
+
+
 def _scannet200() -> Preset:
     return Preset(
         name="scannet200", model=Mask3DConfig(num_classes=201, num_labels=200, num_queries=150),
-        class_names=tuple(f"class_{c}" for c in range(200)), label_ids=tuple(range(200)), voxel_size=0.02,
+        class_names=SCANNET200_CLASS_NAMES, label_ids=SCANNET200_CLASS_IDS, voxel_size=0.02,
         color_mean=SCANNET_COLOR_MEAN, color_std=SCANNET_COLOR_STD, topk=750, dbscan_eps=0.95,
-        label_offset=2, filter_out_classes=(0, 2), exclude_classes=(198, 199), label_ids_known=False)
+        label_offset=2, filter_out_classes=(0, 2), exclude_classes=(198, 199))
 
 
 def _s3dis() -> Preset:

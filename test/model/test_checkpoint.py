@@ -156,7 +156,12 @@ def test_preset_label_tables():
     assert scannet.class_names[-1] == "otherfurniture" and scannet.label_ids[-1] == 39
     assert get_preset("stpls3d").label_ids[0] == 1 and get_preset("stpls3d").class_names[0] == "Build"
     assert get_preset("s3dis").class_names[2] == "wall"
-    assert get_preset("scannet200").label_ids_known is False
+    scannet200 = get_preset("scannet200")
+    assert (scannet200.class_names[0], scannet200.label_ids[0]) == ("chair", 2), "class 0 is chair (official remap)"
+    assert (scannet200.class_names[1], scannet200.label_ids[1]) == ("table", 4), "wall and floor are dropped"
+    assert (scannet200.class_names[197], scannet200.label_ids[197]) == ("mattress", 1191)
+    assert len(set(scannet200.class_names)) == 200 and "wall" not in scannet200.class_names
+    assert set(scannet200.exclude_classes) == {198, 199} and scannet200.label_ids[198:] == (-1, -1)
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("kitti")
 
