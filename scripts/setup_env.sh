@@ -57,4 +57,8 @@ fi
 
 # 5. The package's own interfaces (msg/) into the venv prefix.
 "$VENV/bin/python" scripts/build_interfaces.py >&2
+
+# 6. The ROS 2 test overlay (.ros-overlay/: launch, ros2 CLI, tf2_ros, vision_msgs, sensor_msgs_py
+# from ../shared/ros2-src; none without it, an error in CI). Cached: seconds once built.
+scripts/build_ros_overlay.sh
 log "ready: $VENV"
