@@ -22,6 +22,7 @@ from mask3d_ros.evaluation.ap import MIN_REGION_SIZE, APResult, average_precisio
 from mask3d_ros.evaluation.predictions import InstancePredictions, from_voxel_segmentation
 from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.segmenter import Segmenter
+from mask3d_ros.tools.cli import natural_key
 
 _EXTENSIONS = {"mosd": ".pcd", "ply": ".ply", "npz": ".npz"}
 
@@ -48,15 +49,10 @@ def expand_frames(paths: Iterable[str | Path], dataset: str) -> list[Path]:
     frames = []
     for path in map(Path, paths):
         if path.is_dir() and dataset in _EXTENSIONS:
-            frames += sorted(path.glob(f"*{_EXTENSIONS[dataset]}"), key=_natural_key)
+            frames += sorted(path.glob(f"*{_EXTENSIONS[dataset]}"), key=natural_key)
         else:
             frames.append(path)
     return frames
-
-
-def _natural_key(path: Path):
-    digits = "".join(ch for ch in path.stem if ch.isdigit())
-    return path.stem.rstrip("0123456789"), int(digits) if digits else -1, path.name
 
 
 def evaluate_scenes(

@@ -95,7 +95,8 @@ def render_png(path: Path, xyz: np.ndarray, rgb: np.ndarray, result, class_names
         axis.axis("off")
     sizes = np.bincount(instance[instance >= 0], minlength=result.num_instances)
     for j in np.argsort(-sizes)[: min(10, np.count_nonzero(sizes))]:
-        right.scatter([], [], s=30, color=palette[j % 20], label=f"{class_names[result.class_ids[j]]} {result.scores[j]:.2f}")
+        right.scatter([], [], s=30, color=palette[j % 20],
+                      label=f"{class_names[result.class_ids[j]]} {result.scores[j]:.2f}")
     if sizes.any():
         right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

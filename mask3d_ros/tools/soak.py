@@ -31,58 +31,57 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import rclpy
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import QoSProfile
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from mask3d_ros.data.colors import pack_rgb
 from mask3d_ros.data.pointfile import read_pcd
 from mask3d_ros.data.synthetic import generate_frame
-from mask3d_ros.model.files import BUNDLED_CHECKPOINT, ModelError, bundled_checkpoint, share_directory
+from mask3d_ros.model.files import BUNDLED_CHECKPOINT, ModelError, bundled_checkpoint
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.ros.cloud import create_cloud
-from mask3d_ros.tools.demo import (
+from mask3d_ros.tools.cli import parameter_override, positive, say
+from mask3d_ros.tools.harness import (
     DIAGNOSTICS_TOPIC,
     INSTANCES_TOPIC,
     LABELED_CLOUD_TOPIC,
     MARKERS_TOPIC,
     PARAMS_FILE,
-    NodeFailed,
+    STOP_TIMEOUT_S,
     NodeProcess,
+    default_domain_id,
+    exit_status,
     isolate_ros,
     node_command,
+    node_parameters,
+    package_root,
     pipeline_values,
+    spun_graph,
 )
+from mask3d_ros.tools.scene_bags import synthetic_records
 
 POINTS_TOPIC = "/points"
 FRAME_ID = "kinect_rgb_optical_frame"
 RSS_PERIOD_S = 0.5
 DRAIN_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
 COUNTERS = ("clouds_received", "clouds_accumulated", "malformed_clouds", "empty_clouds", "clouds_outside_map",
             "pose_failures", "inference_requests", "inferences", "dropped_frames", "inference_failures",
             "inferences_skipped_small_map", "inferences_skipped_unchanged", "results_discarded_after_reset",
             "results_published")
 
-
-def _say(message: str) -> None:
-    print(f"[soak] {message}", file=sys.stderr, flush=True)
+_say = partial(say, "soak")
 
 
 # --- input frames ---------------------------------------------------------------------------
@@ -102,15 +101,7 @@ def mosd_frames(directory: Path) -> list[np.ndarray]:
 
 def synthetic_frames(count: int) -> list[np.ndarray]:
     """Organized x, y, z, rgb records of ``count`` rendered mOSD-like frames (no real data needed)."""
-    dtype = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4"] * 4})
-    grids = []
-    for seed in range(count):
-        frame = generate_frame(seed)
-        records = np.zeros(frame.xyz.shape[:2], dtype)
-        records["x"], records["y"], records["z"] = np.moveaxis(frame.xyz, -1, 0)
-        records["rgb"] = pack_rgb(frame.rgb)
-        grids.append(records)
-    return grids
+    return [synthetic_records(generate_frame(seed)) for seed in range(count)]
 
 
 # --- measurements ---------------------------------------------------------------------------
@@ -324,16 +315,6 @@ def drained(rec: Recording) -> bool:
     return settled and labeled >= c.get("results_published", 0) and instances >= c.get("results_published", 0)
 
 
-def node_parameters(options: SoakOptions) -> dict[str, object]:
-    parameters: dict[str, object] = {"points_topic": POINTS_TOPIC}
-    if options.checkpoint is None:
-        parameters.update({"model.checkpoint": "", "model.allow_random_weights": True})
-    else:
-        parameters["model.checkpoint"] = str(options.checkpoint)
-    parameters.update(options.extra_parameters)
-    return parameters
-
-
 def publish_loop(publisher, messages, rate_hz: float, duration_s: float, rec: Recording, node: NodeProcess,
                  t0: float) -> tuple[int, int]:
     """Publish at ``rate_hz`` on an absolute schedule for ``duration_s``; (published, late ticks skipped)."""
@@ -375,53 +356,45 @@ def run(options: SoakOptions, root: Path) -> dict:
     _say(f"{len(messages)} frames from {source}, {grids[0].shape[1]}x{grids[0].shape[0]}, {cloud_mib:.1f} MiB each")
 
     options.out.mkdir(parents=True, exist_ok=True)
-    command = node_command(root / PARAMS_FILE, node_parameters(options))
+    command = node_command(root / PARAMS_FILE, node_parameters(POINTS_TOPIC, options.checkpoint,
+                                                                options.extra_parameters))
     _say("starting the node: " + shlex.join(command))
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    graph = rclpy.create_node("mask3d_soak", context=context)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
-    executor.add_node(graph)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    rec = Recording()
-    qos = QoSProfile(depth=50)
-    graph.create_subscription(PointCloud2, LABELED_CLOUD_TOPIC, rec.on_labeled, qos)
-    graph.create_subscription(InstanceArray, INSTANCES_TOPIC, rec.on_instances, qos)
-    graph.create_subscription(MarkerArray, MARKERS_TOPIC, rec.on_markers, qos)
-    graph.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, rec.on_diagnostics, QoSProfile(depth=20))
-    publisher = graph.create_publisher(PointCloud2, POINTS_TOPIC, 10)
-    sampler = None
-    try:
-        with NodeProcess(command, options.out / "node.log") as node:
-            waited = node.wait_ready(graph, [POINTS_TOPIC], [LABELED_CLOUD_TOPIC, INSTANCES_TOPIC, MARKERS_TOPIC])
-            while publisher.get_subscription_count() == 0:
-                node.check_running("while connecting")
-                time.sleep(0.05)
-            _say(f"node ready after {waited:.0f} s (pid {node.process.pid}); publishing at {options.rate_hz:g} Hz"
-                 f" for {options.duration_s:g} s")
-            t0 = time.monotonic()
-            sampler = RssSampler(node.process.pid)
-            sampler.samples.append((t0, read_rss(node.process.pid) or 0))
-            published, skipped = publish_loop(publisher, messages, options.rate_hz, options.duration_s, rec, node, t0)
-            publish_s = time.monotonic() - t0
-            _say(f"published {published} clouds in {publish_s:.1f} s; waiting for the last results")
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while not drained(rec) and time.monotonic() < deadline:
-                node.check_running("while finishing")
-                time.sleep(0.1)
-            is_drained = drained(rec)
-            sampler.stop()
-            stop_started = time.monotonic()
-            exit_code = node.stop(STOP_TIMEOUT_S)
-            stop_s = time.monotonic() - stop_started
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        executor.shutdown(timeout_sec=2.0)
-        graph.destroy_node()
-        rclpy.try_shutdown(context=context)
-        spinner.join(2.0)
+    with spun_graph("mask3d_soak", threads=3) as graph:
+        rec = Recording()
+        qos = QoSProfile(depth=50)
+        graph.create_subscription(PointCloud2, LABELED_CLOUD_TOPIC, rec.on_labeled, qos)
+        graph.create_subscription(InstanceArray, INSTANCES_TOPIC, rec.on_instances, qos)
+        graph.create_subscription(MarkerArray, MARKERS_TOPIC, rec.on_markers, qos)
+        graph.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, rec.on_diagnostics, QoSProfile(depth=20))
+        publisher = graph.create_publisher(PointCloud2, POINTS_TOPIC, 10)
+        sampler = None
+        try:
+            with NodeProcess(command, options.out / "node.log") as node:
+                waited = node.wait_ready(graph, [POINTS_TOPIC], [LABELED_CLOUD_TOPIC, INSTANCES_TOPIC, MARKERS_TOPIC])
+                while publisher.get_subscription_count() == 0:
+                    node.check_running("while connecting")
+                    time.sleep(0.05)
+                _say(f"node ready after {waited:.0f} s (pid {node.process.pid}); publishing at {options.rate_hz:g} Hz"
+                     f" for {options.duration_s:g} s")
+                t0 = time.monotonic()
+                sampler = RssSampler(node.process.pid)
+                sampler.samples.append((t0, read_rss(node.process.pid) or 0))
+                published, skipped = publish_loop(publisher, messages, options.rate_hz, options.duration_s,
+                                                  rec, node, t0)
+                publish_s = time.monotonic() - t0
+                _say(f"published {published} clouds in {publish_s:.1f} s; waiting for the last results")
+                deadline = time.monotonic() + DRAIN_TIMEOUT_S
+                while not drained(rec) and time.monotonic() < deadline:
+                    node.check_running("while finishing")
+                    time.sleep(0.1)
+                is_drained = drained(rec)
+                sampler.stop()
+                stop_started = time.monotonic()
+                exit_code = node.stop(STOP_TIMEOUT_S)
+                stop_s = time.monotonic() - stop_started
+        finally:
+            if sampler is not None:
+                sampler.stop()
 
     rss = [(t - t0, b) for t, b in sampler.samples]
     with rec.lock:
@@ -528,26 +501,11 @@ def format_report(report: dict) -> str:
 # --- command line -------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _parameter(text: str) -> tuple[str, object]:
-    """``name:=value`` with the value read as YAML, as ``--ros-args -p`` reads it."""
-    name, sep, value = text.partition(":=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected name:=value, not {text!r}")
-    return name, yaml.safe_load(value) if value else ""
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mask3d-ros-soak", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--duration", type=_positive, default=600.0, help="seconds of publishing (default 600)")
-    parser.add_argument("--rate", type=_positive, default=30.0, help="clouds per second (default 30)")
+    parser.add_argument("--duration", type=positive, default=600.0, help="seconds of publishing (default 600)")
+    parser.add_argument("--rate", type=positive, default=30.0, help="clouds per second (default 30)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mosd", type=Path, help="folder of .pcd frames (default ../shared/data/mosd/val if present)")
     source.add_argument("--synthetic", type=int, metavar="N", help="publish N rendered synthetic frames instead")
@@ -555,22 +513,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--checkpoint", type=Path, help=f"model weights (default: the bundled {BUNDLED_CHECKPOINT})")
     model.add_argument("--random-weights", action="store_true", help="untrained weights (plumbing only)")
     parser.add_argument("--warmup", type=float, help="seconds excluded from the checks (default: duration/4, <= 60)")
-    parser.add_argument("--window", type=_positive, help="window length in seconds (default: 5 to 60)")
+    parser.add_argument("--window", type=positive, help="window length in seconds (default: 5 to 60)")
     parser.add_argument("--max-rss-growth", type=float, default=0.05, help="allowed peak RSS growth (default 0.05)")
     parser.add_argument("--max-p99-ratio", type=float, default=1.5,
                         help="allowed last/first window p99 ratio (default 1.5; 0: report only)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     parser.add_argument("--out", type=Path, default=Path("build/soak"), help="folder for node.log (default build/soak)")
-    parser.add_argument("--domain-id", type=int, default=1 + os.getpid() % 101,
+    parser.add_argument("--domain-id", type=int, default=default_domain_id(),
                         help="ROS_DOMAIN_ID (default: one of 1..101 from the pid)")
-    parser.add_argument("-p", dest="parameters", type=_parameter, action="append", default=[], metavar="NAME:=VALUE",
-                        help="extra node parameter (repeatable)")
+    parser.add_argument("-p", dest="parameters", type=parameter_override, action="append", default=[],
+                        metavar="NAME:=VALUE", help="extra node parameter (repeatable)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    root = share_directory() or Path.cwd()
+    root = package_root()
     if args.random_weights:
         checkpoint = None
     elif args.checkpoint is not None:
@@ -592,19 +550,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mask3d-ros-soak: --warmup must be shorter than --duration", file=sys.stderr)
         return 2
     isolate_ros(args.domain_id, args.out.resolve() / "ros_log", root)
-    try:
+
+    def soak() -> int:
         report = run(options, root)
-    except NodeFailed as error:
-        print(f"mask3d-ros-soak: the node failed: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mask3d-ros-soak: interrupted", file=sys.stderr)
-        return 130
-    print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    return 0 if report["ok"] else 1
+        print(format_report(report))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        return 0 if report["ok"] else 1
+
+    return exit_status("mask3d-ros-soak", soak, failed_status=2)
 
 
 if __name__ == "__main__":

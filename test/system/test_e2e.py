@@ -13,8 +13,8 @@ scored.
   into the node with ``use_sim_time``: every input point is in the labeled cloud or dropped by a
   documented filter, no error.
 
-The model: the bundled ``model/mask3d_tabletop.ckpt``. DDS stays on this machine in the test's own domain (conftest), which every
-process started here inherits.
+The model: the bundled ``model/mask3d_tabletop.ckpt``. DDS stays on this machine in the test's own domain
+(conftest), which every process started here inherits.
 """
 from __future__ import annotations
 
@@ -27,24 +27,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import QoSProfile
 from ros_harness import spun_node
+from sensor_msgs.msg import PointCloud2
 
 from mask3d_ros.evaluation.ap import evaluate
 from mask3d_ros.evaluation.predictions import InstancePredictions
 from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.voxel import first_per_key, grid_keys
-from mask3d_ros.tools import demo
+from mask3d_ros.msg import InstanceArray
+from mask3d_ros.ros.cloud import read_points
+from mask3d_ros.tools import harness, recorded
 from mask3d_ros.tools.bag import GroundTruth, deserialize_rclpy, read_messages, stamp_ns
 from mask3d_ros.tools.evaluate import expand_frames
-from mask3d_ros.tools.make_bag import BagLayout, write_files_bag
+from mask3d_ros.tools.replay import BagRecorder
+from mask3d_ros.tools.scene_bags import BagLayout, write_files_bag
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS_FILE = REPO / demo.PARAMS_FILE
+PARAMS_FILE = REPO / harness.PARAMS_FILE
 PARAMS = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
 MAP_VOXEL = PARAMS["accumulation"]["voxel_size"]  # the node's de-duplication grid (2 mm)
-OUTPUT_TOPICS = [demo.LABELED_CLOUD_TOPIC, demo.INSTANCES_TOPIC]
+OUTPUT_TOPICS = [harness.LABELED_CLOUD_TOPIC, harness.INSTANCES_TOPIC]
 FRAME_TIMEOUT_S = 180.0  # one 640 x 480 inference on a busy 2-core machine, with a wide margin
 
 EXACT_MAP = {"accumulation.voxel_size": 0.0005, "roi.min_range": 0.0, "roi.max_range": 0.0}
@@ -82,21 +89,15 @@ def model_checkpoint() -> Path:
 @pytest.fixture
 def graph():
     """A node of this process in the test's ROS domain, spun in a background thread."""
-    from rclpy.executors import MultiThreadedExecutor
-
     with spun_node("e2e_test", MultiThreadedExecutor) as node:
         yield node
 
 
 def answered_stamps(graph) -> set[int]:
     """Stamps of the node's ~/instances, filled as they arrive."""
-    from rclpy.qos import QoSProfile
-
-    from mask3d_ros.msg import InstanceArray
-
     stamps: set[int] = set()
-    graph.create_subscription(InstanceArray, demo.INSTANCES_TOPIC, lambda msg: stamps.add(stamp_ns(msg.header.stamp)),
-                              QoSProfile(depth=50))
+    graph.create_subscription(InstanceArray, harness.INSTANCES_TOPIC,
+                              lambda msg: stamps.add(stamp_ns(msg.header.stamp)), QoSProfile(depth=50))
     return stamps
 
 
@@ -108,15 +109,13 @@ def recorded_all(recorder, results: int) -> bool:
 
 def pipeline_statuses(graph) -> list[dict[str, str]]:
     """The node's /diagnostics pipeline key/values, filled as they arrive."""
-    from diagnostic_msgs.msg import DiagnosticArray
-
     statuses: list[dict[str, str]] = []
-    graph.create_subscription(DiagnosticArray, demo.DIAGNOSTICS_TOPIC,
-                              lambda msg: statuses.extend(demo.pipeline_values(msg)), 10)
+    graph.create_subscription(DiagnosticArray, harness.DIAGNOSTICS_TOPIC,
+                              lambda msg: statuses.extend(harness.pipeline_values(msg)), 10)
     return statuses
 
 
-def wait_while_running(node: demo.NodeProcess, condition, timeout_s: float, doing: str) -> bool:
+def wait_while_running(node: harness.NodeProcess, condition, timeout_s: float, doing: str) -> bool:
     """Poll ``condition`` until it holds (True) or the timeout (False); a node that exits fails the test."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -127,12 +126,12 @@ def wait_while_running(node: demo.NodeProcess, condition, timeout_s: float, doin
     return True
 
 
-def predictions_on_inputs(output: demo.NodeOutput, input_xyz: np.ndarray, class_names,
+def predictions_on_inputs(output: recorded.NodeOutput, input_xyz: np.ndarray, class_names,
                           map_voxel: float) -> InstancePredictions:
     """The node's instances carried to every input point. The map keeps one point per ``map_voxel``
     voxel (with pose_source none, an input point unchanged), so an input point takes the prediction of
     the map point in its voxel; points the node's range crop dropped take none."""
-    on_map = demo.output_predictions(output, class_names)
+    on_map = recorded.output_predictions(output, class_names)
     map_keys, _ = grid_keys(output.xyz, map_voxel)
     input_keys, _ = grid_keys(input_xyz, map_voxel)
     order = np.argsort(map_keys)
@@ -145,11 +144,6 @@ def predictions_on_inputs(output: demo.NodeOutput, input_xyz: np.ndarray, class_
 
 
 def test_mosd_frames_through_the_node_score_as_offline(tmp_path, graph, mosd_dir, model_checkpoint):
-    from rclpy.qos import QoSProfile
-    from sensor_msgs.msg import PointCloud2
-
-    from mask3d_ros.tools.record_bag import BagRecorder
-
     frames = expand_frames([mosd_dir / "val"], "mosd")
     layout = BagLayout()
     bag = tmp_path / "mosd_bag"
@@ -158,16 +152,16 @@ def test_mosd_frames_through_the_node_score_as_offline(tmp_path, graph, mosd_dir
     # Everything the model finds is reported, as the offline evaluation counts it (AP needs the
     # whole precision/recall curve), on exactly the offline points (EXACT_MAP); the rest is the
     # parameters file, pose_source none.
-    command = demo.node_command(PARAMS_FILE, {"points_topic": layout.points_topic,
-                                              "model.checkpoint": str(model_checkpoint),
-                                              "model.score_threshold": 0.0, "model.min_instance_points": 1,
-                                              **EXACT_MAP})
+    command = harness.node_command(PARAMS_FILE, {"points_topic": layout.points_topic,
+                                                 "model.checkpoint": str(model_checkpoint),
+                                                 "model.score_threshold": 0.0, "model.min_instance_points": 1,
+                                                 **EXACT_MAP})
     answered, statuses = answered_stamps(graph), pipeline_statuses(graph)
     recorder = BagRecorder(graph, tmp_path / "outputs", OUTPUT_TOPICS)
     publisher = graph.create_publisher(PointCloud2, layout.points_topic, QoSProfile(depth=1))
     unanswered = []
     try:
-        with demo.NodeProcess(command, tmp_path / "node.log") as node:
+        with harness.NodeProcess(command, tmp_path / "node.log") as node:
             node.wait_ready(graph, [layout.points_topic], OUTPUT_TOPICS)
             assert recorder.wait_until_subscribed(10.0)
             assert wait_while_running(node, lambda: publisher.get_subscription_count() > 0, 10.0, "while matching")
@@ -180,30 +174,30 @@ def test_mosd_frames_through_the_node_score_as_offline(tmp_path, graph, mosd_dir
                 # in flight would otherwise be replaced in the node's depth-1 publisher history
                 assert wait_while_running(node, lambda: recorded_all(recorder, len(answered)), 30.0,
                                           "while recording"), f"recorded {recorder.counts} of {len(answered)} answers"
-            assert wait_while_running(node, lambda: demo.node_finished(statuses[-2:], len(frames)), 10.0,
+            assert wait_while_running(node, lambda: harness.node_finished(statuses[-2:], len(frames)), 10.0,
                                       "while finishing"), statuses[-1:]
             assert node.stop() == 0, node.log_path.read_text()
     finally:
         recorder.close()
 
-    outputs, stats = demo.read_outputs(tmp_path / "outputs"), statuses[-1]
+    outputs, stats = recorded.read_outputs(tmp_path / "outputs"), statuses[-1]
     stamps = truth.stamps.tolist()
     assert sorted([output.stamp_ns for output in outputs] + unanswered) == stamps  # stamps kept, none invented
     assert not unanswered, f"frames without an answer within {FRAME_TIMEOUT_S:g} s: {unanswered}; node: {stats}"
     assert stats["dropped_frames"] == "0" and stats["inference_failures"] == "0", stats
     assert {output.frame_id for output in outputs} == {layout.frame_id}
 
-    inputs = demo.truth_points(bag, truth)  # finite points of each cloud, in the cloud frame, with labels
+    inputs = recorded.truth_points(bag, truth)  # finite points of each cloud, in the cloud frame, with labels
     node_ap = evaluate([(inputs[o.stamp_ns].semantic, inputs[o.stamp_ns].instance,
                          predictions_on_inputs(o, inputs[o.stamp_ns].xyz, truth.class_names,
                                                EXACT_MAP["accumulation.voxel_size"])) for o in outputs],
                        truth.class_names, truth.instance_classes)
-    # offline: the evaluation CLI (cli/evaluate.py's evaluate_scenes and SegmenterPredictor) on the same frames
+    # offline: the evaluation CLI (tools/evaluate.py's evaluate_scenes and SegmenterPredictor) on the same frames
     offline_json = tmp_path / "offline.json"
-    evaluated = subprocess.run([*demo.console_script("mask3d-ros-eval", "mask3d_ros.tools.evaluate"), "--checkpoint",
-                                str(model_checkpoint), "--disjoint", "--dataset", "mosd", *map(str, frames),
-                                "--json", str(offline_json)],
-                               env=demo.process_environment(), capture_output=True, text=True, timeout=600)
+    evaluated = subprocess.run([*harness.console_script("mask3d-ros-eval", "mask3d_ros.tools.evaluate"),
+                                "--checkpoint", str(model_checkpoint), "--disjoint", "--dataset", "mosd",
+                                *map(str, frames), "--json", str(offline_json)],
+                               env=harness.process_environment(), capture_output=True, text=True, timeout=600)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     offline = json.loads(offline_json.read_text())
     print(f"\n{len(frames)} mOSD val frames, {model_checkpoint.name}: AP / AP50 / AP25 node"
@@ -220,9 +214,9 @@ def test_demo_accumulates_a_moving_camera(tmp_path, model_checkpoint, pose_sourc
     if pose_source == "tf":
         pytest.importorskip("tf2_ros", reason="tf2_ros (and tf2_msgs for /tf replay) exist only in a ROS 2"
                                               " install, not on PyPI")
-    command = [*demo.console_script("mask3d-ros-demo", "mask3d_ros.tools.demo"), "--checkpoint", str(model_checkpoint),
-               "--frames", str(SYNTHETIC_FRAMES), "--rate", "0.25", "--out", str(tmp_path), "--pose-source", pose_source,
-               "--domain-id", os.environ["ROS_DOMAIN_ID"], "--no-progress"]
+    command = [*harness.console_script("mask3d-ros-demo", "mask3d_ros.tools.demo"), "--checkpoint",
+               str(model_checkpoint), "--frames", str(SYNTHETIC_FRAMES), "--rate", "0.25", "--out", str(tmp_path),
+               "--pose-source", pose_source, "--domain-id", os.environ["ROS_DOMAIN_ID"], "--no-progress"]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     print(finished.stdout)
@@ -261,12 +255,9 @@ def test_ouster_bag_replayed_by_the_play_tool_into_the_node(tmp_path, graph, ous
     marks (0, 0, 0) with range 0 (65 % of this bag's points; its nearest real return is 0.64 m), and
     the de-duplication grid merges points of one voxel. The tabletop model runs with random weights:
     the point is the plumbing (a LiDAR cloud without colour, grey from intensity)."""
-    from mask3d_ros.ros.cloud import read_points
-    from mask3d_ros.tools.record_bag import BagRecorder
-
     min_range = PARAMS["roi"]["min_range"]
     assert min_range > 0
-    command = demo.node_command(PARAMS_FILE, {
+    command = harness.node_command(PARAMS_FILE, {
         "use_sim_time": True, "points_topic": OUSTER_TOPIC, "model.checkpoint": "",
         "model.allow_random_weights": True, "roi.max_range": 0.0, "model.score_threshold": 0.0,
         "model.min_instance_points": 1})
@@ -276,18 +267,19 @@ def test_ouster_bag_replayed_by_the_play_tool_into_the_node(tmp_path, graph, ous
     answered, statuses = answered_stamps(graph), pipeline_statuses(graph)
     recorder = BagRecorder(graph, tmp_path / "outputs", OUTPUT_TOPICS)
     try:
-        with demo.NodeProcess(command, tmp_path / "node.log") as node:
+        with harness.NodeProcess(command, tmp_path / "node.log") as node:
             node.wait_ready(graph, [OUSTER_TOPIC, "/clock"], OUTPUT_TOPICS)
             assert recorder.wait_until_subscribed(10.0)
             # 0.1 s between the two clouds becomes 2 s: each is segmented on its own
             player = subprocess.run(
-                [*demo.console_script("mask3d-ros-play", "mask3d_ros.tools.play_bag"), str(ouster_bag_dir), "--clock",
-                 "--rate", "0.05", "--wait-for-subscribers", "1", "--wait-topics", OUSTER_TOPIC, "--no-progress"],
+                [*harness.console_script("mask3d-ros-play", "mask3d_ros.tools.play_bag"), str(ouster_bag_dir),
+                 "--clock", "--rate", "0.05", "--wait-for-subscribers", "1", "--wait-topics", OUSTER_TOPIC,
+                 "--no-progress"],
                 capture_output=True, text=True, timeout=120)
             assert player.returncode == 0, player.stdout + player.stderr
             assert wait_while_running(node, lambda: stamps <= answered, FRAME_TIMEOUT_S, "while segmenting"), \
                 f"answered {answered} of {stamps}"
-            assert wait_while_running(node, lambda: demo.node_finished(statuses[-2:], len(clouds)), 10.0,
+            assert wait_while_running(node, lambda: harness.node_finished(statuses[-2:], len(clouds)), 10.0,
                                       "while finishing"), statuses[-1:]
             assert wait_while_running(node, lambda: recorded_all(recorder, len(stamps)), 30.0,
                                       "while recording"), f"recorded {recorder.counts} of {len(stamps)} answers"
@@ -297,7 +289,7 @@ def test_ouster_bag_replayed_by_the_play_tool_into_the_node(tmp_path, graph, ous
     log = (tmp_path / "node.log").read_text()
     assert "[ERROR]" not in log, log
 
-    outputs = {output.stamp_ns: output for output in demo.read_outputs(tmp_path / "outputs")}
+    outputs = {output.stamp_ns: output for output in recorded.read_outputs(tmp_path / "outputs")}
     assert set(outputs) == stamps
     for cloud in clouds:
         output = outputs[stamp_ns(cloud.header.stamp)]
@@ -313,7 +305,8 @@ def test_ouster_bag_replayed_by_the_play_tool_into_the_node(tmp_path, graph, ous
         first = first_per_key(keys)  # the map keeps the first point of each voxel
         output_keys, _ = grid_keys(output.xyz, MAP_VOXEL)
         np.testing.assert_array_equal(np.sort(output_keys), np.sort(keys[first]))
-        np.testing.assert_array_equal(output.xyz[np.argsort(output_keys)], xyz[in_range][first][np.argsort(keys[first])])
+        np.testing.assert_array_equal(output.xyz[np.argsort(output_keys)],
+                                      xyz[in_range][first][np.argsort(keys[first])])
         print(f"\n{len(xyz)} points: {no_return.sum()} no-return (roi.min_range), {in_range.sum() - len(first)}"
               f" merged into another point's {MAP_VOXEL * 1000:g} mm voxel, {len(output.points)} in the labeled cloud,"
               f" {len(output.instances)} instances")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import Log
@@ -119,8 +120,6 @@ def test_repeated_inference_failures_are_logged_counted_and_reported_then_recove
 
 
 def test_checkpoint_with_wrong_shapes_refuses_to_start_listing_the_keys(tmp_path):
-    import torch
-
     checkpoint = torch.load(REPO / "model" / "mask3d_tabletop.ckpt", map_location="cpu", weights_only=True)
     key = "model.query_projection.layers.2.weight"
     checkpoint["state_dict"][key] = checkpoint["state_dict"][key][:-8].clone()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mask3d_ros.tools.soak import account, rss_slope_mib_per_min, summarize_windows, window_edges
+
 REPO = Path(__file__).resolve().parents[2]
 DURATION_S = 55
 WARMUP_S = 25  # model load, first inferences, allocator pools: RSS still rises for ~20 s (measured)
@@ -44,16 +46,12 @@ def test_short_soak_keeps_memory_flat_and_accounts_for_every_cloud(tmp_path, mos
 
 
 def test_windows_follow_the_warm_up_and_absorb_a_short_rest():
-    from mask3d_ros.tools.soak import window_edges
-
     assert window_edges(45, 20, 5) == [(20, 25), (25, 30), (30, 35), (35, 40), (40, 45)]
     assert window_edges(47, 20, 5)[-1] == (40, 47)
     assert window_edges(22, 20, 5) == [(20, 22)]
 
 
 def test_window_summaries_and_rss_trend():
-    from mask3d_ros.tools.soak import rss_slope_mib_per_min, summarize_windows
-
     latencies = [(t, 100.0 + t) for t in range(0, 20)]
     rss = [(t, (500 + t) * 2**20) for t in range(0, 20)]
     first, second = summarize_windows([(10, 15), (15, 20)], latencies, rss)
@@ -63,8 +61,6 @@ def test_window_summaries_and_rss_trend():
 
 
 def test_accounting_names_every_mismatch():
-    from mask3d_ros.tools.soak import account
-
     good = {"clouds_received": 10, "clouds_accumulated": 10, "inference_requests": 10, "inferences": 4,
             "dropped_frames": 6, "results_published": 4}
     assert account(30, good, 4, 4, 0) == []

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 
 import numpy as np
 import pytest
 
 from mask3d_ros.model import backends
+from mask3d_ros.model.voxel import voxelize
 from mask3d_ros.ros.cloud import xyz_rgb_from_cloud
 from mask3d_ros.tools.bench import conv, core, latency, main, models, pipeline
 from mask3d_ros.tools.bench.clouds import (
@@ -83,8 +85,6 @@ def test_cloud_rows():
 
 
 def test_room_scene_hits_about_the_voxel_count():
-    from mask3d_ros.model.voxel import voxelize
-
     xyz, rgb = models.room_scene(3000, 0.02)
     assert xyz.dtype == np.float32 and rgb.dtype == np.uint8 and rgb.shape == xyz.shape
     assert 0.8 * 3000 < len(voxelize(xyz, 0.02)[0]) < 1.25 * 3000
@@ -93,8 +93,6 @@ def test_room_scene_hits_about_the_voxel_count():
 def test_peak_rss_growth_sees_an_allocation():
     """Fresh pages from the kernel (an anonymous mmap, touched): a numpy array could reuse heap
     memory earlier tests freed but the process still holds, and show no growth at all."""
-    import mmap
-
     def touch_64_mb():
         with mmap.mmap(-1, 64 * 2**20) as pages:
             np.frombuffer(pages, dtype=np.uint8)[::4096] = 1

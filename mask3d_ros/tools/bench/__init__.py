@@ -38,9 +38,9 @@ from mask3d_ros.tools.bench import latency, models
 from mask3d_ros.tools.bench.clouds import cloud_rows, kinect_frame, load_frames
 from mask3d_ros.tools.bench.conv import conv_rows, surface_cloud, uniform_cloud
 from mask3d_ros.tools.bench.core import Row, describe_machine, machine_description, markdown_table, write_json
-from mask3d_ros.tools.bench.latency import isolate
 from mask3d_ros.tools.bench.models import child_main
 from mask3d_ros.tools.bench.pipeline import node_work_rows
+from mask3d_ros.tools.harness import default_domain_id, isolate_ros
 
 SECTIONS = ("codec", "node", "model", "latency")
 REPO = Path(__file__).resolve().parents[3]
@@ -68,7 +68,8 @@ FULL = Plan(
                           for voxels, repeats in ((10_000, 3), (50_000, 2), (150_000, 1))),
     rates=(1.0, 10.0, 30.0), rate_seconds=15.0, min_frames=15, latency_frames=22)
 QUICK = Plan(
-    codec_repeats=3, node_repeats=2, model_sizes=(("tabletop", 10_000, 2), ("scannet", 10_000, 1)), minkowski_sizes=(("tabletop", 10_000, 2),),
+    codec_repeats=3, node_repeats=2, model_sizes=(("tabletop", 10_000, 2), ("scannet", 10_000, 1)),
+    minkowski_sizes=(("tabletop", 10_000, 2),),
     rates=(1.0, 10.0, 30.0), rate_seconds=1.0, min_frames=2, latency_frames=3)
 
 
@@ -86,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mosd", type=Path, help="mOSD directory for the latency frames (default SHARED/data/mosd)")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     parser.add_argument("--voxel-size", type=float, default=0.02, help="voxel size of the codec rows (m)")
-    parser.add_argument("--domain-id", type=int, default=1 + os.getpid() % 101, help="private ROS_DOMAIN_ID")
+    parser.add_argument("--domain-id", type=int, default=default_domain_id(), help="private ROS_DOMAIN_ID")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -140,8 +141,7 @@ def run(args) -> tuple[dict, list[Row], list[str]]:
     plan = QUICK if args.quick else FULL
     sections = args.only or list(SECTIONS)
     if "latency" in sections:  # before rclpy loads anywhere
-
-        isolate(args.domain_id, Path(tempfile.gettempdir()) / "mask3d_ros_bench_logs")
+        isolate_ros(args.domain_id, Path(tempfile.gettempdir()) / "mask3d_ros_bench_logs")
     machine = machine_description()
     rows: list[Row] = []
     notes: list[str] = []
@@ -173,7 +173,8 @@ def main(argv=None) -> int:
     print(f"\n{'quick' if args.quick else 'full'} benchmark: {elapsed:.0f} s wall time")
     if args.json:
         write_json(args.json, machine, rows, notes, {"quick": args.quick, "wall_time_s": elapsed,
-                                                     "voxel_size": args.voxel_size, "sections": args.only or list(SECTIONS)})
+                                                     "voxel_size": args.voxel_size,
+                                                     "sections": args.only or list(SECTIONS)})
     return 0
 
 

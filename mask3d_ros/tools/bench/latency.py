@@ -13,38 +13,34 @@ decode, queueing and output building.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import PointCloud2
 
-from mask3d_ros.model.files import bundled_checkpoint, share_directory
+from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.tools.bench.clouds import mosd_cloud, synthetic_kinect_cloud
 from mask3d_ros.tools.bench.core import Row, percentile
-from mask3d_ros.tools.demo import NodeProcess, isolate_ros, node_command, pipeline_values
+from mask3d_ros.tools.harness import (
+    DIAGNOSTICS_TOPIC,
+    LABELED_CLOUD_TOPIC,
+    PARAMS_FILE,
+    NodeProcess,
+    node_command,
+    node_parameters,
+    package_root,
+    pipeline_values,
+    spun_graph,
+)
 
 POINTS_TOPIC = "/bench/points"
-LABELED_TOPIC = "/mask3d/labeled_cloud"
 DRAIN_TIMEOUT_S = 180.0
 DIAGNOSTICS_PERIOD_S = 0.5
-
-
-def isolate(domain_id: int, log_dir: Path) -> None:
-    """Localhost discovery, a domain of our own, the shared-memory profile when the package ships it."""
-    root = share_directory() or Path(__file__).resolve().parents[3]
-    isolate_ros(domain_id, log_dir, root)
-    profile = os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE", "")
-    if profile and not Path(profile).is_file():
-        del os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"]
 
 
 def latency_frames(mosd: Path | None, count: int) -> tuple[list, str]:
@@ -58,10 +54,10 @@ def latency_frames(mosd: Path | None, count: int) -> tuple[list, str]:
     return [synthetic_kinect_cloud(seed) for seed in range(count)], f"{count} simulated Kinect frames"
 
 
-def node_parameters() -> dict:
-    """Overrides of config/mask3d_tabletop.yaml: the bundled model on CPU, our topic, frequent diagnostics."""
-    return {"points_topic": POINTS_TOPIC, "model.device": "cpu", "model.checkpoint": str(bundled_checkpoint()),
-            "diagnostics.period": DIAGNOSTICS_PERIOD_S}
+def bench_parameters() -> dict[str, object]:
+    """Overrides of config/mask3d_tabletop.yaml: our topic, the bundled model on CPU, frequent diagnostics."""
+    return node_parameters(POINTS_TOPIC, bundled_checkpoint(),
+                           {"model.device": "cpu", "diagnostics.period": DIAGNOSTICS_PERIOD_S})
 
 
 @dataclass
@@ -85,14 +81,13 @@ class Probe:
                 self.statuses.append((time.time(), values))
 
 
-def make_probe(context):
-    """A node in ``context`` with the cloud publisher and the two subscriptions."""
-    node = rclpy.create_node("mask3d_bench", context=context)
+def make_probe(node) -> Probe:
+    """The cloud publisher and the two subscriptions on ``node``."""
     # Reliable depth 1, as a camera driver and the node's input_qos: the latest cloud only.
     probe = Probe(node, node.create_publisher(PointCloud2, POINTS_TOPIC,
                                               QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)))
-    node.create_subscription(PointCloud2, LABELED_TOPIC, probe.on_labeled, QoSProfile(depth=10))
-    node.create_subscription(DiagnosticArray, "/diagnostics", probe.on_diagnostics, QoSProfile(depth=10))
+    node.create_subscription(PointCloud2, LABELED_CLOUD_TOPIC, probe.on_labeled, QoSProfile(depth=10))
+    node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, probe.on_diagnostics, QoSProfile(depth=10))
     return probe
 
 
@@ -175,40 +170,29 @@ def measure_rate(probe: Probe, frames: list, rate_hz: float, count: int, process
             **{key: int(value) for key, value in delta.items()}}
 
 
-def start_node(log_path: Path):
-    """The node process (demo's NodeProcess), ready when it subscribes to our topic and publishes its output."""
-    share = share_directory()
-    if share is None or not (share / "config" / "mask3d_tabletop.yaml").is_file():
-        raise FileNotFoundError("config/mask3d_tabletop.yaml not found (package share directory or source tree)")
-    return NodeProcess(node_command(share / "config" / "mask3d_tabletop.yaml", node_parameters()), log_path)
+def start_node(log_path: Path) -> NodeProcess:
+    """The node process, started with the tabletop parameters file and :func:`bench_parameters`."""
+    params_file = package_root() / PARAMS_FILE
+    if not params_file.is_file():
+        raise FileNotFoundError(f"{PARAMS_FILE} not found (package share directory, source tree or working directory)")
+    return NodeProcess(node_command(params_file, bench_parameters()), log_path)
 
 
 def run_latency(frames: list, rates: tuple[float, ...], seconds: float, min_frames: int, log_path: Path,
                 warmup: int = 2) -> list[dict]:
     """Start the node, warm it up on ``warmup`` frames, then measure each rate; one dict per rate."""
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    probe = make_probe(context)
-    executor = MultiThreadedExecutor(context=context)
-    executor.add_node(probe.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    with spun_graph("mask3d_bench") as graph:
+        probe = make_probe(graph)
         with start_node(log_path) as node:
-            node.wait_ready(probe.node, [POINTS_TOPIC], [LABELED_TOPIC])
+            node.wait_ready(graph, [POINTS_TOPIC], [LABELED_CLOUD_TOPIC])
             deadline = time.monotonic() + 30
-            while probe.publisher.get_subscription_count() == 0 or probe.node.count_subscribers(LABELED_TOPIC) == 0:
+            while probe.publisher.get_subscription_count() == 0 or graph.count_subscribers(LABELED_CLOUD_TOPIC) == 0:
                 if time.monotonic() > deadline:
                     raise node.fail("the node and the benchmark did not connect")
                 time.sleep(0.05)
             measure_rate(probe, frames, 1.0, warmup, node)  # first inferences: allocator, lazy imports
             return [measure_rate(probe, frames, rate, max(min_frames, int(round(rate * seconds))), node)
                     for rate in rates]
-    finally:
-        executor.shutdown(timeout_sec=2.0)
-        probe.node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        spinner.join(2.0)
 
 
 def latency_rows(results: list[dict], source: str) -> list[Row]:

@@ -196,7 +196,8 @@ def run_child(spec: dict, timeout_s: float = CHILD_TIMEOUT_S) -> dict:
 
 
 def _stages_note(stages: dict) -> str:
-    return "median stages " + "/".join(STAGES[:len(stages)]) + ": " + "/".join(f"{stages[s]:.0f}" for s in STAGES if s in stages) + " ms"
+    values = "/".join(f"{stages[s]:.0f}" for s in STAGES if s in stages)
+    return "median stages " + "/".join(STAGES[:len(stages)]) + ": " + values + " ms"
 
 
 def cpu_model_rows(model: str, voxels: int, repeats: int) -> list[Row]:

@@ -9,14 +9,12 @@ says how many times cheaper than the model the output side is.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import yaml
 from std_msgs.msg import Header
 
-from mask3d_ros.model.files import bundled_checkpoint, share_directory
+from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.segmenter import Segmenter
 from mask3d_ros.ros.accumulator import RollingMap
 from mask3d_ros.ros.cloud import create_cloud, xyz_rgb_from_cloud
@@ -32,13 +30,12 @@ from mask3d_ros.ros.outputs import (
 )
 from mask3d_ros.tools.bench.clouds import DECODE_BASELINE, baseline_decode, baseline_voxelize
 from mask3d_ros.tools.bench.core import Row, race
-from mask3d_ros.tools.demo import PARAMS_FILE
+from mask3d_ros.tools.harness import PARAMS_FILE, package_root
 
 
 def tabletop_accumulation() -> dict:
     """The ``accumulation`` parameters of config/mask3d_tabletop.yaml (installed or in the source tree)."""
-    root = share_directory() or Path(__file__).resolve().parents[3]
-    return yaml.safe_load((root / PARAMS_FILE).read_text())["/**"]["ros__parameters"]["accumulation"]
+    return yaml.safe_load((package_root() / PARAMS_FILE).read_text())["/**"]["ros__parameters"]["accumulation"]
 
 
 def accumulate_closures(msg, voxel_size: float, max_points: int):
