@@ -18,13 +18,14 @@ the optional remap.
 """
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 from torch import Tensor
 
+from mask3d_ros.model.neighbours import masked_components, radius_pairs
 from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
@@ -41,66 +42,108 @@ def mean_sigmoid_inside(mask_logits: Tensor) -> Tensor:
     return (mask_logits.sigmoid() * inside).sum(0) / (inside.sum(0) + MASK_SCORE_EPS)
 
 
-def smooth_mask_logits(mask_logits: Tensor, voxel_xyz: np.ndarray, voxel_rgb: np.ndarray, radius: float,
-                       color_sigma: float) -> Tensor:
+def smooth_mask_logits(mask_logits: Tensor, voxel_xyz, voxel_rgb, radius: float, color_sigma: float) -> Tensor:
     """Each voxel's mask logits replaced by the colour-weighted mean over its neighbours within
     ``radius`` metres (itself included).
 
     A small model's masks are speckled at the voxel scale: single voxels inside an object flip to
     the neighbouring instance. One averaging step over the neighbourhood graph, with weights
     ``exp(-|rgb_a - rgb_b|^2 / 2 sigma^2)`` (rgb in [0, 1]) that stop at colour edges, makes masks
-    follow surfaces, like one mean-field step of a dense CRF with an appearance kernel.
-    ``mask_logits [N_vox, Q]``; ``voxel_rgb [N_vox, 3]`` in 0..255.
+    follow surfaces, like one mean-field step of a dense CRF with an appearance kernel. The graph is
+    built once and smooths every mask in one sparse product, on the logits' device.
+    ``mask_logits [N_vox, Q]``; ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255 (arrays
+    or tensors).
     """
-    pairs = cKDTree(voxel_xyz).query_pairs(radius, output_type="ndarray")
-    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(len(voxel_xyz))])
-    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(len(voxel_xyz))])
-    colour = np.asarray(voxel_rgb, np.float32) / 255.0
-    weight = np.exp(-((colour[rows] - colour[cols]) ** 2).sum(1) / (2 * color_sigma ** 2)).astype(np.float32)
-    weight /= np.bincount(rows, weight, minlength=len(voxel_xyz))[rows]
     device = mask_logits.device
-    graph = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])).to(device),
-                                    torch.from_numpy(weight).to(device), (len(voxel_xyz),) * 2,
-                                    check_invariants=False)      # indices in range by construction
-    return torch.sparse.mm(graph, mask_logits.float())
+    xyz = torch.as_tensor(voxel_xyz, device=device)
+    colour = torch.as_tensor(voxel_rgb, device=device).float() / 255.0
+    first, second = radius_pairs(xyz, radius)
+    every = torch.arange(len(xyz), device=device)
+    rows, cols = torch.cat([first, second, every]), torch.cat([second, first, every])
+    difference = colour.index_select(0, rows) - colour.index_select(0, cols)
+    weight = torch.exp(-(difference * difference).sum(1) / (2 * color_sigma ** 2))
+    weight = weight / torch.zeros(len(xyz), device=device).index_add_(0, rows, weight).index_select(0, rows)
+    return _row_graph(rows, cols, weight, len(xyz)) @ mask_logits.float()
 
 
-def dbscan_split(mask_logits: Tensor, voxel_xyz: np.ndarray, eps: float) -> tuple[Tensor, list[np.ndarray]]:
+def _row_graph(rows: Tensor, cols: Tensor, weight: Tensor, size: int) -> Tensor:
+    """The ``[size, size]`` sparse CSR matrix with ``weight[e]`` at ``(rows[e], cols[e])`` (distinct)."""
+    keys, order = torch.sort(rows * size + cols)
+    crow = torch.zeros(size + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=size), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, keys % size, weight.index_select(0, order), (size, size),
+                                       check_invariants=False)    # valid by construction
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Candidate masks from DBSCAN, on the logits' device: cluster ``c`` is the voxels
+    ``rows[starts[c]:starts[c] + sizes[c]]`` (increasing) of query ``source[c]``."""
+
+    source: Tensor      # int64 [C]
+    rows: Tensor        # int64 [P]
+    sizes: Tensor       # int64 [C]
+
+    @property
+    def starts(self) -> Tensor:
+        return torch.cumsum(self.sizes, 0) - self.sizes
+
+    @property
+    def owner(self) -> Tensor:
+        """int64 [P]: the cluster of each row."""
+        return torch.repeat_interleave(self.sizes)
+
+
+def dbscan_clusters(mask_logits: Tensor, voxel_xyz, eps: float) -> Clusters:
     """Split every query's positive voxels into DBSCAN clusters (``min_samples=1``) of their xyz.
 
     With ``min_samples=1`` every point is a core point, so DBSCAN's clusters are the connected
-    components of the graph joining points at most ``eps`` apart; a KD-tree and scipy's
-    ``connected_components`` find them, numbered in order of their first point as DBSCAN does.
-    Each cluster becomes a candidate mask that keeps its query's class probabilities and logits;
-    queries with empty masks are dropped, as in the official evaluation. Returns the source query
-    of each candidate and its voxel rows.
+    components of the graph joining points at most ``eps`` apart, found for all queries at once on
+    one grid over the scene (:func:`~mask3d_ros.model.neighbours.masked_components`). Clusters come
+    query by query, each query's in order of their first voxel, as DBSCAN numbers them; queries with
+    empty masks have none, as in the official evaluation. ``mask_logits [N_vox, Q]``,
+    ``voxel_xyz [N_vox, 3]`` (array or tensor).
     """
-    positive = (mask_logits > 0).cpu().numpy()
-    sources, members = [], []
-    for query in range(positive.shape[1]):
-        rows = np.flatnonzero(positive[:, query])
-        if rows.size == 0:
-            continue
-        pairs = cKDTree(voxel_xyz[rows]).query_pairs(eps, output_type="ndarray")
-        graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])), shape=(rows.size,) * 2)
-        num_clusters, clusters = connected_components(graph, directed=False)
-        order = np.argsort(clusters, kind="stable")
-        for cluster_rows in np.split(rows[order], np.cumsum(np.bincount(clusters, minlength=num_clusters))[:-1]):
-            sources.append(query)
-            members.append(cluster_rows)
-    return torch.tensor(sources, dtype=torch.int64), members
+    device = mask_logits.device
+    xyz = torch.as_tensor(voxel_xyz, device=device)
+    query, row = torch.nonzero((mask_logits > 0).T, as_tuple=True)     # query-major, rows increasing
+    component = masked_components(xyz, query, row, eps)
+    first_row = torch.full((len(row),), len(xyz), dtype=torch.int64, device=device)
+    first_row = first_row.scatter_reduce_(0, component, row, "amin").index_select(0, component)
+    order = torch.sort(query * (len(xyz) + 1) + first_row, stable=True).indices
+    _, sizes = torch.unique_consecutive(component.index_select(0, order), return_counts=True)
+    source = query.index_select(0, order).index_select(0, torch.cumsum(sizes, 0) - sizes)
+    return Clusters(source, row.index_select(0, order), sizes)
 
 
-def _cluster_mask_scores(mask_logits: Tensor, source_query: Tensor, members: list[np.ndarray]) -> Tensor:
+def dbscan_split(mask_logits: Tensor, voxel_xyz, eps: float) -> tuple[Tensor, list[np.ndarray]]:
+    """:func:`dbscan_clusters` as the source query of each candidate (int64 CPU tensor) and its
+    voxel rows (one array each)."""
+    clusters = dbscan_clusters(mask_logits, voxel_xyz, eps)
+    members = np.split(clusters.rows.cpu().numpy(), np.cumsum(clusters.sizes.cpu().numpy())[:-1])
+    return clusters.source.cpu(), members if len(clusters.sizes) else []
+
+
+def _cluster_mask_scores(mask_logits: Tensor, clusters: Clusters) -> Tensor:
     """The official mean sigmoid inside each cluster's mask (all its members are positive)."""
-    sizes = torch.tensor([len(rows) for rows in members], dtype=torch.int64)
-    if not members:
-        return mask_logits.new_zeros(0)
-    owner = torch.repeat_interleave(torch.arange(len(members)), sizes)
-    rows = torch.from_numpy(np.concatenate(members))
-    heat = mask_logits[rows.to(mask_logits.device), source_query[owner].to(mask_logits.device)].sigmoid()
-    sums = heat.new_zeros(len(members)).index_add_(0, owner.to(heat.device), heat)
-    return sums / (sizes.to(heat) + MASK_SCORE_EPS)
+    owner = clusters.owner
+    flat = clusters.rows * mask_logits.shape[1] + clusters.source.index_select(0, owner)
+    heat = mask_logits.reshape(-1).index_select(0, flat).sigmoid()
+    sums = heat.new_zeros(len(clusters.sizes)).index_add_(0, owner, heat)
+    return sums / (clusters.sizes.to(heat) + MASK_SCORE_EPS)
+
+
+def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> Tensor:
+    """bool ``[N_vox, K]``: column ``k`` the voxels of cluster ``chosen[k]``."""
+    sizes = clusters.sizes.index_select(0, chosen)
+    column = torch.repeat_interleave(sizes)
+    position = torch.arange(len(column), device=sizes.device) - (torch.cumsum(sizes, 0) - sizes).index_select(0, column)
+    rows = clusters.rows.index_select(0, clusters.starts.index_select(0, chosen).index_select(0, column) + position)
+    binary = torch.zeros((num_voxels, len(chosen)), dtype=torch.bool, device=sizes.device)
+    binary[rows, column] = True
+    return binary
 
 
 def _first_covering(masks: np.ndarray) -> np.ndarray:
@@ -110,11 +153,18 @@ def _first_covering(masks: np.ndarray) -> np.ndarray:
     return np.where(masks.any(1), masks.argmax(1), -1)
 
 
+def _weighted_overlaps(masks: np.ndarray, voxel_weight: np.ndarray) -> np.ndarray:
+    """``[M, M]`` float64: the total ``voxel_weight`` (integers) of the voxels two masks share, summed
+    in float32 (exact) while the total weight stays below ``2 ** 24``."""
+    dtype = np.float32 if voxel_weight.sum() < 2 ** 24 else np.float64
+    weighted = masks.astype(dtype) * voxel_weight.astype(dtype)[:, None]
+    return (masks.T.astype(dtype) @ weighted).astype(np.float64)
+
+
 def _suppress_duplicates(masks: np.ndarray, voxel_weight: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Keep-flags of score-sorted masks [N, M]: drop each mask whose point IoU with a kept,
     higher-scored mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
-    weighted = masks.astype(np.float64) * voxel_weight[:, None]
-    intersection = masks.T.astype(np.float64) @ weighted
+    intersection = _weighted_overlaps(masks, voxel_weight)
     size = np.diag(intersection)
     iou = intersection / np.maximum(size[:, None] + size[None, :] - intersection, 1e-12)
     keep = np.ones(masks.shape[1], dtype=bool)
@@ -123,11 +173,18 @@ def _suppress_duplicates(masks: np.ndarray, voxel_weight: np.ndarray, iou_thresh
     return keep
 
 
+def _weighted_sizes(masks: np.ndarray, voxel_weight: np.ndarray) -> np.ndarray:
+    """int64 ``[M]``: the total ``voxel_weight`` (integers) of each mask's voxels, summed in float32
+    (exact) while the total weight stays below ``2 ** 24``."""
+    dtype = np.float32 if voxel_weight.sum() < 2 ** 24 else np.float64
+    return np.rint(voxel_weight.astype(dtype) @ masks.astype(dtype)).astype(np.int64)
+
+
 def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, score_threshold=0.0,
             min_size=0, exclude_classes=(), class_to_label=None, inverse_map=None,
             duplicate_iou: float | None = None) -> VoxelSegmentation:
     """Filter (class, score, size, optionally duplicates), sort by score and assemble the result."""
-    masks = masks.cpu().numpy().astype(bool)
+    masks = masks.cpu().numpy().astype(bool, copy=False)
     class_ids = class_ids.cpu().numpy().astype(np.int64)
     scores = scores.float().cpu().numpy()
     query_ids = query_ids.cpu().numpy().astype(np.int64)
@@ -136,7 +193,7 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
         voxel_weight = np.bincount(inverse_map, minlength=masks.shape[0])
     else:
         voxel_weight = np.ones(masks.shape[0], dtype=np.int64)
-    sizes = voxel_weight @ masks if masks.size else np.zeros(masks.shape[1], dtype=np.int64)
+    sizes = _weighted_sizes(masks, voxel_weight)
     keep = (scores >= score_threshold) & (sizes >= min_size) & ~np.isin(class_ids, list(exclude_classes))
     order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
     if duplicate_iou is not None and len(order):
@@ -154,7 +211,7 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
 
 
 def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 100,
-                       dbscan_eps: float | None = None, voxel_xyz: np.ndarray | None = None,
+                       dbscan_eps: float | None = None, voxel_xyz: np.ndarray | Tensor | None = None,
                        score_threshold: float = 0.0, min_size: int = 0, exclude_classes=(),
                        class_to_label=None, inverse_map=None, duplicate_iou: float | None = None) -> VoxelSegmentation:
     """Official Mask3D instance scoring (``get_mask_and_scores``), optionally after DBSCAN.
@@ -171,24 +228,23 @@ def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 1
     if dbscan_eps:
         if voxel_xyz is None:
             raise ValueError("DBSCAN splitting needs voxel_xyz")
-        source_query, members = dbscan_split(masks, np.asarray(voxel_xyz), dbscan_eps)
-        mask_score = _cluster_mask_scores(masks, source_query, members)
+        clusters = dbscan_clusters(masks, voxel_xyz, dbscan_eps)
+        source_query = clusters.source
+        mask_score = _cluster_mask_scores(masks, clusters)
         prob = prob[source_query.to(prob.device)]
     else:
-        source_query, members = torch.arange(masks.shape[1]), None
+        source_query, clusters = torch.arange(masks.shape[1], device=masks.device), None
         mask_score = mean_sigmoid_inside(masks)
     num_candidates, num_classes = prob.shape
     k = num_candidates if topk == -1 else min(topk, num_candidates * num_classes)
     class_prob, flat = prob.flatten().topk(k, sorted=True)
     candidate = flat // num_classes
-    if members is None:
+    if clusters is None:
         binary = masks[:, candidate] > 0
     else:
-        binary = torch.zeros((masks.shape[0], k), dtype=torch.bool)
-        for column, chosen in enumerate(candidate.tolist()):
-            binary[torch.from_numpy(members[chosen]), column] = True
+        binary = _cluster_masks(clusters, candidate.to(masks.device), masks.shape[0])
     return _finish("instance", binary, flat % num_classes, class_prob * mask_score[candidate],
-                   source_query[candidate.cpu()], score_threshold=score_threshold, min_size=min_size,
+                   source_query[candidate.to(source_query.device)], score_threshold=score_threshold, min_size=min_size,
                    exclude_classes=exclude_classes, class_to_label=class_to_label, inverse_map=inverse_map,
                    duplicate_iou=duplicate_iou)
 

@@ -185,6 +185,7 @@ class Segmenter:
                      inverse_map: np.ndarray) -> VoxelSegmentation:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
+        voxel_xyz = torch.from_numpy(voxel_xyz).to(masks.device)     # neighbour searches run on the model's device
         if preset.smooth_radius:    # on each voxel's mean colour: steadier than its one representative point's
             voxel_rgb = voxel_mean(rgb, inverse_map, len(voxel_xyz))
             masks = postprocess.smooth_mask_logits(masks, voxel_xyz, voxel_rgb, preset.smooth_radius,

@@ -2,7 +2,13 @@
 import numpy as np
 import pytest
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
+from mask3d_ros.data.datasets import load_mosd
+from mask3d_ros.model.files import bundled_checkpoint
+from mask3d_ros.model.neighbours import radius_pairs
 from mask3d_ros.model.postprocess import (
     dbscan_split,
     instance_inference,
@@ -10,6 +16,8 @@ from mask3d_ros.model.postprocess import (
     semantic_inference,
     smooth_mask_logits,
 )
+from mask3d_ros.model.segmenter import Segmenter
+from mask3d_ros.model.voxel import voxel_mean
 
 
 def logits_for(probabilities) -> torch.Tensor:
@@ -189,3 +197,113 @@ def test_smoothing_fills_speckles_but_stops_at_colour_edges():
     assert (plain[edge] > smoothed[edge] + 1).all()           # without colour, the edge blurs
     lone = smooth_mask_logits(logits, xyz, rgb, radius=0.001, color_sigma=0.1)
     assert torch.equal(lone, logits)                          # no neighbours: unchanged
+
+
+# --- the per-mask KD-tree implementation this module replaced, kept as the reference --------------
+
+
+def reference_smooth(mask_logits, voxel_xyz, voxel_rgb, radius, color_sigma):
+    """Smoothing as it was: a scipy KD-tree, weights in numpy, a COO sparse product."""
+    pairs = cKDTree(voxel_xyz).query_pairs(radius, output_type="ndarray")
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(len(voxel_xyz))])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(len(voxel_xyz))])
+    colour = np.asarray(voxel_rgb, np.float32) / 255.0
+    weight = np.exp(-((colour[rows] - colour[cols]) ** 2).sum(1) / (2 * color_sigma ** 2)).astype(np.float32)
+    weight /= np.bincount(rows, weight, minlength=len(voxel_xyz))[rows]
+    graph = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(weight),
+                                    (len(voxel_xyz),) * 2, check_invariants=False)
+    return torch.sparse.mm(graph, mask_logits.float())
+
+
+def reference_dbscan(mask_logits, voxel_xyz, eps):
+    """The DBSCAN split as it was: one KD-tree and scipy connected components per query."""
+    positive = (mask_logits > 0).cpu().numpy()
+    sources, members = [], []
+    for query in range(positive.shape[1]):
+        rows = np.flatnonzero(positive[:, query])
+        if rows.size == 0:
+            continue
+        pairs = cKDTree(voxel_xyz[rows]).query_pairs(eps, output_type="ndarray")
+        graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])), shape=(rows.size,) * 2)
+        num_clusters, clusters = connected_components(graph, directed=False)
+        order = np.argsort(clusters, kind="stable")
+        for cluster_rows in np.split(rows[order], np.cumsum(np.bincount(clusters, minlength=num_clusters))[:-1]):
+            sources.append(query)
+            members.append(cluster_rows)
+    return sources, members
+
+
+def assert_same_split(mask_logits, xyz, eps):
+    sources, members = dbscan_split(mask_logits, xyz, eps)
+    expected_sources, expected_members = reference_dbscan(mask_logits, xyz, eps)
+    assert sources.tolist() == expected_sources
+    assert len(members) == len(expected_members) and all(map(np.array_equal, members, expected_members))
+
+
+def random_scene(seed: int, blobs: int = 8, per_blob: int = 300, queries: int = 6):
+    """Clustered float32 points (blobs of a few cm to tens of cm) and speckled masks over them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-1, 1, (blobs, 3))
+    xyz = np.concatenate([rng.normal(c, rng.uniform(0.01, 0.2), (per_blob, 3)) for c in centres]).astype(np.float32)
+    masks = torch.from_numpy(rng.normal(-0.5, 1.0, (len(xyz), queries)).astype(np.float32))
+    return xyz, masks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_grid_matches_the_kd_tree_on_random_scenes(seed):
+    xyz, masks = random_scene(seed)
+    for eps in (0.01, 0.05, 0.12, 0.4):
+        assert_same_split(masks, xyz, eps)
+    for radius in (0.01, 0.03, 0.1):
+        first, second = radius_pairs(torch.from_numpy(xyz), radius)
+        expected = cKDTree(xyz).query_pairs(radius, output_type="ndarray")
+        assert set(zip(first.tolist(), second.tolist())) == set(map(tuple, np.sort(expected, 1).tolist()))
+    rgb = np.random.default_rng(seed).integers(0, 256, xyz.shape).astype(np.uint8)
+    torch.testing.assert_close(smooth_mask_logits(masks, xyz, rgb, 0.03, 0.1),
+                               reference_smooth(masks, xyz, rgb, 0.03, 0.1), rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_exactly_eps_apart_and_far_from_the_origin_are_decided_as_the_kd_tree_decides():
+    """Points on a 1 cm lattice far from the origin: many pairs sit on the radius in float32."""
+    lattice = np.stack(np.meshgrid(*[np.arange(12)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.01
+    xyz = (lattice + np.array([1000.0, -250.0, 3.0])).astype(np.float32)
+    masks = torch.from_numpy(np.random.default_rng(0).normal(0.5, 1.0, (len(xyz), 3)).astype(np.float32))
+    for eps in (0.01, 0.02, 0.03):
+        assert_same_split(masks, xyz, eps)
+
+
+def test_wall_sized_masks_split_as_before():
+    """Two 3 x 2 m walls at 1.5 cm, 10 cm apart, one mask over both, one over half, one speckled."""
+    u, v = np.meshgrid(np.arange(0, 3, 0.015), np.arange(0, 2, 0.015), indexing="ij")
+    wall = np.stack([u.ravel(), v.ravel(), np.zeros(u.size)], 1)
+    xyz = np.concatenate([wall, wall + [0, 0, 0.1]]).astype(np.float32)
+    rng = np.random.default_rng(1)
+    masks = torch.full((len(xyz), 3), -1.0)
+    masks[:, 0] = 1.0
+    masks[: len(wall) // 2, 1] = 1.0
+    masks[:, 2] = torch.from_numpy(rng.normal(0, 1, len(xyz)).astype(np.float32))
+    for eps in (0.05, 0.12):
+        assert_same_split(masks, xyz, eps)
+
+
+def test_the_post_stage_matches_the_reference_on_a_real_frame(mosd_dir):
+    scene = load_mosd(mosd_dir / "val" / "test55.pcd")
+    segmenter = Segmenter(None, bundled_checkpoint(), device="cpu")
+    result, raw = segmenter.segment(scene.xyz, scene.rgb, return_raw=True)
+    preset = segmenter.preset
+    xyz = scene.xyz.astype(np.float32)[raw["unique_map"]]
+    logits, masks = torch.from_numpy(raw["pred_logits"]), torch.from_numpy(raw["pred_masks"])
+    rgb = voxel_mean(scene.rgb, raw["inverse_map"], len(xyz))
+    expected = reference_smooth(masks, xyz, rgb, preset.smooth_radius, preset.smooth_color_sigma)
+    smoothed = smooth_mask_logits(masks, xyz, rgb, preset.smooth_radius, preset.smooth_color_sigma)
+    torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(smoothed > 0, expected > 0)
+    assert_same_split(expected, xyz, preset.dbscan_eps)
+    common = dict(topk=preset.topk, dbscan_eps=preset.dbscan_eps, voxel_xyz=xyz, inverse_map=raw["inverse_map"],
+                  duplicate_iou=preset.duplicate_iou, exclude_classes=preset.exclude_classes)
+    ours = instance_inference(logits, smoothed, **common)
+    np.testing.assert_array_equal(result.masks, ours.masks)
+    np.testing.assert_array_equal(result.scores, ours.scores)
+    reference = instance_inference(logits, expected, **common)
+    np.testing.assert_array_equal(ours.masks, reference.masks)
+    torch.testing.assert_close(torch.from_numpy(ours.scores), torch.from_numpy(reference.scores))

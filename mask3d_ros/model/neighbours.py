@@ -1,0 +1,263 @@
+"""Neighbour searches over voxels in torch (CPU or GPU), built once per scene and exact.
+
+A hashed grid finds every pair of points within a radius: points are bucketed by their cell,
+cells are found by sorting packed integer keys, and only pairs in the same or adjacent cells are
+measured. A pair is within ``radius`` exactly when scipy's ``cKDTree.query_pairs`` says so (the
+squared distance in float64, summed axis by axis, ``<= radius ** 2``): float32 coordinates are
+measured in float32 and only pairs within float32 rounding of the radius are measured again in
+float64.
+
+:func:`connected_components` labels the components of a graph with torch ops (hooking and pointer
+jumping), each node labelled by the smallest node index of its component.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_FLOAT32_BAND = 1e-6
+"""Relative width of the band around ``radius ** 2`` where float32 distances are rechecked in float64
+(the float32 squared distance of float32 points is within ``5 * 2 ** -24`` of the exact one)."""
+
+FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
+                        if (dx, dy, dz) > (0, 0, 0))
+"""The 13 cell offsets that meet every unordered pair of adjacent (26-connected) cells once."""
+
+
+def cell_coords(xyz: Tensor, size: float) -> Tensor:
+    """int64 ``floor(xyz / size)`` ``[N, 3]``, divided in the coordinates' own dtype."""
+    return torch.floor(xyz / torch.tensor(size, dtype=xyz.dtype, device=xyz.device)).long()
+
+
+def pack_cells(cells: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Integer cells ``[N, 3]`` to int64 keys ``[N]`` that order cells lexicographically and keep a
+    one-cell margin on every side, so that ``key + offset_key(offset, strides)`` is the key of the
+    neighbouring cell; also returns the three strides and the key span (all keys and their
+    neighbours' lie in ``[0, span)``). ValueError if the keys would overflow."""
+    if len(cells) == 0:
+        return cells.new_zeros(0), cells.new_ones(3), 1
+    low = cells.min(0).values - 1
+    extent = cells.max(0).values - low + 2
+    span = math.prod(extent.tolist())
+    if span >= 2 ** 40:
+        raise ValueError("the points span too many cells for 64-bit cell keys")
+    strides = torch.stack([extent[1] * extent[2], extent[2], torch.ones_like(extent[2])])
+    return ((cells - low) * strides).sum(1), strides, span
+
+
+def offset_key(offset, strides: Tensor) -> int:
+    """The key difference between a cell and its neighbour at ``offset`` (three ints)."""
+    return int(sum(int(o) * int(s) for o, s in zip(offset, strides.tolist())))
+
+
+def cartesian_pairs(start_a: Tensor, count_a: Tensor, start_b: Tensor,
+                    count_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """All ``(start_a[k] + u, start_b[k] + v)`` for ``u < count_a[k]``, ``v < count_b[k]``, every ``k``:
+    the pairs between runs of a sorted array, and the ``k`` of each, ``[sum(count_a * count_b)]`` each."""
+    sizes = count_a * count_b
+    owner = torch.repeat_interleave(sizes)
+    local = torch.arange(len(owner), device=sizes.device) - (torch.cumsum(sizes, 0) - sizes).index_select(0, owner)
+    width = count_b.index_select(0, owner)
+    first = start_a.index_select(0, owner) + torch.div(local, width, rounding_mode="floor")
+    return first, start_b.index_select(0, owner) + local % width, owner
+
+
+def within(xyz: Tensor, i: Tensor, j: Tensor, radius: float) -> Tensor:
+    """bool ``[E]``: is ``|xyz[i] - xyz[j]| <= radius``, decided as scipy's KD-tree decides it."""
+    squared = _squared_distance(xyz, i, j)
+    limit = float(radius) ** 2
+    inside = squared <= limit
+    if xyz.dtype != torch.float64:
+        band = torch.nonzero((squared - limit).abs() <= _FLOAT32_BAND * limit)[:, 0]
+        if len(band):
+            inside[band] = _squared_distance(xyz, i.index_select(0, band), j.index_select(0, band),
+                                             torch.float64) <= limit
+    return inside
+
+
+def _squared_distance(xyz: Tensor, i: Tensor, j: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``((dx^2 + dy^2) + dz^2)`` ``[E]`` in ``dtype`` (default: the coordinates'), in scipy's order."""
+    total = None
+    for axis in range(3):
+        column = xyz[:, axis].to(dtype or xyz.dtype)
+        diff = column.index_select(0, i) - column.index_select(0, j)
+        total = diff * diff if total is None else total + diff * diff
+    return total
+
+
+def _cell_size(xyz: Tensor, radius: float) -> float:
+    """A cell side a little above ``radius``: points within ``radius`` stay in adjacent cells despite
+    the rounding of ``xyz / size`` (relative ``2 ** -24`` in float32)."""
+    return float(radius) * (1 + 1e-6) + float(xyz.abs().max()) * 2 ** -20
+
+
+def radius_pairs(xyz: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """Every unordered pair of points at most ``radius`` apart, ``(i, j)`` with ``i < j`` ``[E]`` each
+    (the pairs of ``cKDTree(xyz).query_pairs(radius)``, in another order). ``xyz [N, 3]``."""
+    device = xyz.device
+    if len(xyz) < 2:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    keys, strides, _ = pack_cells(cell_coords(xyz, _cell_size(xyz, radius)))
+    keys, order = torch.sort(keys)
+    sorted_xyz = xyz.index_select(0, order)
+    cells, counts = torch.unique_consecutive(keys, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    firsts, seconds = [], []
+    for offset in ((0, 0, 0),) + FORWARD_OFFSETS:
+        target = cells + offset_key(offset, strides)
+        found = torch.searchsorted(cells, target).clamp_max(len(cells) - 1)
+        hit = torch.nonzero(cells.index_select(0, found) == target)[:, 0]
+        other = found.index_select(0, hit)
+        a, b, _ = cartesian_pairs(starts.index_select(0, hit), counts.index_select(0, hit),
+                               starts.index_select(0, other), counts.index_select(0, other))
+        if offset == (0, 0, 0):
+            a, b = a[a < b], b[a < b]
+        keep = torch.nonzero(within(sorted_xyz, a, b, radius))[:, 0]
+        firsts.append(order.index_select(0, a.index_select(0, keep)))
+        seconds.append(order.index_select(0, b.index_select(0, keep)))
+    first, second = torch.cat(firsts), torch.cat(seconds)
+    return torch.minimum(first, second), torch.maximum(first, second)
+
+
+def connected_components(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
+    """int64 ``[num_nodes]``: per node the smallest node index of its component in the undirected
+    graph with edges ``src[e] - dst[e]``."""
+    parent = torch.arange(num_nodes, device=src.device)
+    while True:
+        root_src, root_dst = parent[src], parent[dst]
+        hooked = parent.clone()
+        hooked.scatter_reduce_(0, root_src, root_dst, "amin")
+        hooked.scatter_reduce_(0, root_dst, root_src, "amin")
+        while True:         # every node to its root; parents never exceed their node, so this ends
+            jumped = hooked[hooked]
+            if torch.equal(jumped, hooked):
+                break
+            hooked = jumped
+        if torch.equal(hooked, parent):
+            return parent
+        parent = hooked
+
+
+def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
+    """Per target its index in the sorted unique ``sorted_keys``, or -1 where it is absent."""
+    if len(sorted_keys) == 0:
+        return torch.full_like(targets, -1)
+    found = torch.searchsorted(sorted_keys, targets).clamp_max(len(sorted_keys) - 1)
+    return torch.where(sorted_keys.index_select(0, found) == targets, found, -1)
+
+
+# --- components of every mask at once ------------------------------------------------------------
+
+_FINE_CELL = 0.99 / (2 * math.sqrt(3))
+"""Fine cell side over eps: any two points in the same or 26-adjacent cells are closer than eps,
+with a margin of 1 % of eps for rounding."""
+_COARSE = 4
+"""Fine cells per coarse cell side: four fine cells are wider than eps, so points within eps lie in
+the same or adjacent coarse cells."""
+
+
+def _runs(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Stable order of the items by group, and the start and length of each group's run."""
+    order = torch.sort(groups, stable=True).indices
+    counts = torch.bincount(groups, minlength=num_groups)
+    return order, torch.cumsum(counts, 0) - counts, counts
+
+
+def _neighbour_groups(groups: Tensor, strides: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairs ``(a, b)`` of indices into the sorted unique ``groups`` (``query * span + cell key``)
+    whose cells are adjacent, each unordered pair once."""
+    firsts, seconds = [], []
+    for offset in FORWARD_OFFSETS:
+        other = lookup(groups, groups + offset_key(offset, strides))
+        hit = torch.nonzero(other >= 0)[:, 0]
+        firsts.append(hit)
+        seconds.append(other.index_select(0, hit))
+    return torch.cat(firsts), torch.cat(seconds)
+
+
+def masked_components(xyz: Tensor, query: Tensor, row: Tensor, eps: float) -> Tensor:
+    """Per query, the connected components of its points joined within ``eps`` (DBSCAN with
+    ``min_samples=1``), for every query at once.
+
+    ``xyz [N, 3]``; ``(query, row) [P]`` the members, query-major. Returns ``[P]`` a component id per
+    member (components of different queries never share one). Points in the same or adjacent fine
+    cells (side about ``eps / 2 sqrt 3``) are joined without measuring; only groups of members in
+    nearby cells that are still apart are measured point by point, so a mask's cost grows with its
+    gaps, not with its area times the neighbours within ``eps``.
+    """
+    if len(row) == 0:
+        return row.clone()
+    cells = cell_coords(xyz, eps * _FINE_CELL)
+    cell_keys, strides, span = pack_cells(cells)
+    nodes, node_of = torch.unique(query * span + cell_keys.index_select(0, row), return_inverse=True)
+    node_query = torch.div(nodes, span, rounding_mode="floor")
+    first, second = _neighbour_groups(nodes, strides)
+    joined = connected_components(len(nodes), first, second)
+    first, second = _apart_nodes(xyz, cells, row, node_of, node_query, joined, eps)
+    if len(first):
+        merged = connected_components(len(nodes), joined.index_select(0, first), joined.index_select(0, second))
+        joined = merged.index_select(0, joined)
+    return joined.index_select(0, node_of)
+
+
+def _apart_nodes(xyz: Tensor, cells: Tensor, row: Tensor, node_of: Tensor, node_query: Tensor,
+                 joined: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Pairs of nodes (a query's members in one fine cell) in different components so far that hold
+    two members within ``eps``: candidates from the same or adjacent coarse cells, pruned by the
+    members' bounding boxes, then measured point by point."""
+    num_nodes = len(node_query)
+    node_cells = torch.zeros((num_nodes, 3), dtype=cells.dtype, device=cells.device)
+    node_cells.index_copy_(0, node_of, cells.index_select(0, row))
+    coarse_keys, coarse_strides, span = pack_cells(torch.div(node_cells, _COARSE, rounding_mode="floor"))
+    supers, super_of = torch.unique(node_query * span + coarse_keys, return_inverse=True)
+    low = torch.full((len(supers),), num_nodes, dtype=joined.dtype, device=joined.device)
+    low.scatter_reduce_(0, super_of, joined, "amin")
+    high = torch.full_like(low, -1).scatter_reduce_(0, super_of, joined, "amax")
+    first, second = _neighbour_groups(supers, coarse_strides)
+    mixed = (low.index_select(0, first) != high.index_select(0, second)) | (low.index_select(0, second) !=
+                                                                           high.index_select(0, first))
+    mixed |= (high.index_select(0, first) != low.index_select(0, first))
+    alone = torch.nonzero(high != low)[:, 0]
+    first = torch.cat([alone, first[mixed]])
+    second = torch.cat([alone, second[mixed]])
+    order, starts, counts = _runs(super_of, len(supers))
+    a, b, owner = cartesian_pairs(starts.index_select(0, first), counts.index_select(0, first),
+                                  starts.index_select(0, second), counts.index_select(0, second))
+    a, b = order.index_select(0, a), order.index_select(0, b)
+    component_a, component_b = joined.index_select(0, a), joined.index_select(0, b)
+    within_one = owner < len(alone)     # a coarse cell with itself: each unordered pair once
+    keep = torch.nonzero(torch.where(within_one, component_a < component_b, component_a != component_b))[:, 0]
+    a, b = a.index_select(0, keep), b.index_select(0, keep)
+    a, b = _boxes_near(xyz, row, node_of, num_nodes, a, b, eps)
+    return _measured(xyz, row, node_of, num_nodes, a, b, eps)
+
+
+def _boxes_near(xyz: Tensor, row: Tensor, node_of: Tensor, num_nodes: int, a: Tensor, b: Tensor,
+                eps: float) -> tuple[Tensor, Tensor]:
+    """The node pairs whose members' bounding boxes come within ``eps`` (with a rounding margin)."""
+    gap = torch.zeros(len(a), dtype=xyz.dtype, device=xyz.device)
+    for axis in range(3):
+        values = xyz[:, axis].index_select(0, row)
+        low = torch.full((num_nodes,), math.inf, dtype=xyz.dtype, device=xyz.device)
+        low.scatter_reduce_(0, node_of, values, "amin")
+        high = torch.full_like(low, -math.inf).scatter_reduce_(0, node_of, values, "amax")
+        apart = torch.maximum(low.index_select(0, b) - high.index_select(0, a),
+                              low.index_select(0, a) - high.index_select(0, b)).clamp_min(0)
+        gap += apart * apart
+    keep = torch.nonzero(gap <= float(eps) ** 2 * (1 + 1e-4))[:, 0]
+    return a.index_select(0, keep), b.index_select(0, keep)
+
+
+def _measured(xyz: Tensor, row: Tensor, node_of: Tensor, num_nodes: int, a: Tensor, b: Tensor,
+              eps: float) -> tuple[Tensor, Tensor]:
+    """The node pairs ``(a, b)`` with a member of ``a`` within ``eps`` of a member of ``b``."""
+    order, starts, counts = _runs(node_of, num_nodes)
+    first, second, owner = cartesian_pairs(starts.index_select(0, a), counts.index_select(0, a),
+                                           starts.index_select(0, b), counts.index_select(0, b))
+    rows = row.index_select(0, order)
+    close = within(xyz, rows.index_select(0, first), rows.index_select(0, second), eps)
+    linked = torch.unique(owner[close])
+    return a.index_select(0, linked), b.index_select(0, linked)
