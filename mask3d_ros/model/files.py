@@ -21,18 +21,20 @@ BUNDLED_CHECKPOINT = "model/mask3d_tabletop.ckpt"
 
 
 def share_directory() -> Path | None:
-    """The package's share directory in a ROS install, else the source tree when run from it, else
-    the ``share/mask3d_ros`` a pip install writes under its prefix; None when none of them exists."""
+    """The source tree when the package runs from one (a checkout or an editable install, whose
+    copies under a prefix may be stale), else the share directory of a ROS install, else the
+    ``share/mask3d_ros`` a pip install writes under its prefix; None when none of them exists."""
+    source = Path(__file__).resolve().parents[2]
+    if (source / "package.xml").is_file():
+        return source
     try:
         from ament_index_python.packages import get_package_share_directory  # noqa: PLC0415 - ROS installs only
 
         return Path(get_package_share_directory(PACKAGE))
     except Exception:  # noqa: BLE001 - not installed with colcon (or no ament_index)
         pass
-    for candidate in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / PACKAGE):
-        if (candidate / "package.xml").is_file():
-            return candidate
-    return None
+    prefix = Path(sys.prefix) / "share" / PACKAGE
+    return prefix if (prefix / "package.xml").is_file() else None
 
 
 def resolve_checkpoint(path: str) -> Path:

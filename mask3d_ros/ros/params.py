@@ -199,7 +199,7 @@ PARAMETERS: tuple[Param, ...] = (
       " panoptic (non-overlapping instances) or semantic (one segment per class).", choices=INFERENCE_MODES),
     P("model.half_precision", "bool", False, "Run the network in float16 on CUDA (less memory, faster).",),
     P("model.dbscan_eps", "float", -1.0, "DBSCAN distance (m) that splits each instance mask into spatially"
-      " separate parts (instance mode; 0: off, -1: the checkpoint's or preset's own value: 0.12 for the"
+      " separate parts (instance mode; 0: off, -1: the checkpoint's or preset's own value: 0.06 for the"
       " bundled model). One query can cover two distant objects; accumulated maps want less (0.05).",
       min=-1.0),
     P("model.smooth_radius", "float", -1.0, "Radius (m) of the colour-weighted mask smoothing run before"

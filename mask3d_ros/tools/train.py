@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", help="override the config's output directory")
     parser.add_argument("--export", type=Path, help="also write the final weights (no optimizer state) here, "
                         "with the config's inference settings (topk, dbscan_eps, duplicate_iou, smooth_*)")
+    parser.add_argument("--source", type=Path, help="with --export-only: the checkpoint to re-export (a training"
+                        " or an exported one; default: the config's out_dir/last.ckpt)")
     parser.add_argument("--export-only", action="store_true", help="do not train: export the config's "
                         "out_dir/last.ckpt to --export (after re-tuning its inference settings)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; use 1 when "
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only:
         if not args.export:
             parser.error("--export-only needs --export FILE")
-        export_weights(out_dir / "last.ckpt", args.export, config)
+        export_weights(args.source or out_dir / "last.ckpt", args.export, config)
         print(f"exported weights to {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
         return 0
     ckpt = train(config, base=Path.cwd(), resume=args.resume)

@@ -45,6 +45,9 @@ class TrainConfig:
     # a source R times per epoch; "exclude": [globs] drops matching file names (held-out frames).
     data: list[dict] = field(default_factory=list)
     init_from: str | None = None      # start from these weights (a checkpoint of the same architecture)
+    # fine-tuning: keep init_from's colour mean/std (the normalisation its weights learnt) instead of
+    # recomputing them from this config's scenes; init_from may be a training or an exported checkpoint
+    init_colour: bool = False
     stuff_classes: list[str] = field(default_factory=list)   # trained as one mask per scene
     topk: int = 100                   # inference: top-k (query, class) pairs kept
     dbscan_eps: float | None = None   # inference: DBSCAN split distance in metres (None: off)
@@ -239,6 +242,12 @@ def train(config: TrainConfig, base: Path, resume: Path | None = None, progress:
     device = resolve_device(config.device)
     scenes = scenes if scenes is not None else load_training_scenes(config, base)
     colour = colour_statistics(scenes)
+    if config.init_colour:
+        if not config.init_from:
+            raise ValueError("init_colour needs init_from")
+        init_description = torch.load(base / config.init_from, map_location="cpu",
+                                      weights_only=True)["hyper_parameters"]["mask3d_ros"]
+        colour = (list(init_description["color_mean"]), list(init_description["color_std"]))
     colour_mean, colour_std = (np.asarray(c, dtype=np.float32) for c in colour)
     ups = [scene_up(scene, config) for scene in scenes] if config.augment.get("up_rotation") else [None] * len(scenes)
 

@@ -3,10 +3,12 @@ checkpoint it writes loads strictly like a released one."""
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mask3d_ros.data import synthetic
 from mask3d_ros.model.checkpoint import read_checkpoint
 from mask3d_ros.model.segmenter import Segmenter
+from mask3d_ros.tools import train as train_cli
 from mask3d_ros.training.train import TrainConfig, build_targets, export_weights, load_training_scenes, scene_up, train
 
 TINY_MODEL = {"backbone": "Res16UNet14A", "backbone_width": 0.25, "hidden_dim": 32, "num_heads": 4,
@@ -103,3 +105,38 @@ def test_keep_every_writes_weight_snapshots(tmp_path):
     train(config, base=tmp_path, progress=False, scenes=_tiny_scenes())
     assert (tmp_path / "step_2.ckpt").exists() and (tmp_path / "step_4.ckpt").exists()
     assert read_checkpoint(tmp_path / "step_2.ckpt").description["train_config"]["keep_every"] == 2
+
+
+def test_fine_tuning_keeps_the_initial_colour_statistics_and_an_export_re_exports(tmp_path):
+    """init_colour: a fine-tuning run normalises colours as its initial weights learnt to; an exported
+    file is itself a valid --source for re-tuning the inference settings (the bundled model's path)."""
+    torch.set_num_threads(1)
+    base = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], model=TINY_MODEL, voxel_size=0.02,
+                       iterations=2, out_dir=str(tmp_path / "a"), checkpoint_every=2, device="cpu")
+    train(base, base=tmp_path, progress=False, scenes=_tiny_scenes(), augment=False)
+    first = tmp_path / "first.ckpt"
+    export_weights(tmp_path / "a" / "last.ckpt", first)
+    scenes = _tiny_scenes()
+    for scene in scenes:
+        scene.rgb[:] = 255 - scene.rgb  # other colours: other statistics if they were recomputed
+    tuned = TrainConfig(**{**base.__dict__, "out_dir": str(tmp_path / "b"), "init_from": "first.ckpt",
+                           "init_colour": True})
+    ckpt = train(tuned, base=tmp_path, progress=False, scenes=scenes, augment=False)
+    first_description = read_checkpoint(first).description
+    tuned_description = ckpt["hyper_parameters"]["mask3d_ros"]
+    assert tuned_description["color_mean"] == first_description["color_mean"]
+    assert tuned_description["color_std"] == first_description["color_std"]
+
+    retuned = tmp_path / "retuned.ckpt"
+    assert train_cli.main([str(_config_file(tmp_path, dbscan_eps=0.06)), "--export-only", "--source", str(first),
+                           "--export", str(retuned)]) == 0
+    assert read_checkpoint(retuned).description["dbscan_eps"] == 0.06
+    weights, again = (torch.load(f, weights_only=True)["state_dict"] for f in (first, retuned))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def _config_file(tmp_path, **settings):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"class_names": ["table", "object"], "stuff_classes": ["table"],
+                                    "out_dir": str(tmp_path / "unused"), **settings}))
+    return path
