@@ -23,11 +23,16 @@ KEY_LIMIT = 1 << (KEY_BITS - 1)
 
 def _scaled_floor(points: np.ndarray, voxel_size: float) -> np.ndarray:
     """float32 ``floor(points / voxel_size)`` [N, 3], divided in float32 exactly as Mask3D does."""
-    return np.floor(np.asarray(points, dtype=np.float32) / np.float32(voxel_size))
+    scaled = np.asarray(points, dtype=np.float32) / np.float32(voxel_size)
+    return np.floor(scaled, out=scaled)  # in place: the quotient is a fresh array
 
 
-def _voxel_coords(points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """int32 voxel coordinates [N, 3]; ValueError on NaN or coordinates beyond int32."""
+def _voxel_coords(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, int, int]:
+    """int32 voxel coordinates [N, 3] and their overall (min, max); ValueError on NaN or beyond int32.
+
+    The bounds are over all three axes at once: one contiguous reduction (per-axis ones over the
+    strided columns cost ten times more).
+    """
     scaled = _scaled_floor(points, voxel_size)
     low, high = scaled.min(), scaled.max()  # NaN and inf propagate here
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -36,7 +41,7 @@ def _voxel_coords(points: np.ndarray, voxel_size: float) -> np.ndarray:
         raise ValueError(
             f"voxel coordinates span [{low:.0f}, {high:.0f}], beyond int32:"
             f" xyz too far from the origin for voxel_size {voxel_size}")
-    return scaled.astype(np.int32)
+    return scaled.astype(np.int32), int(low), int(high)
 
 
 def _packed_keys(coords: np.ndarray, index_bits: int) -> np.ndarray | None:
@@ -75,6 +80,64 @@ def _sorted_groups(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, np.concatenate(([True], changes))
 
 
+def _cube_keys(coords: np.ndarray, low: int, high: int) -> np.ndarray | None:
+    """Per point uint32 ``(x - low) * E^2 + (y - low) * E + (z - low)`` with ``E = high - low + 1``,
+    or None when ``E^3`` exceeds 2^32 (keys would collide).
+
+    Computed without subtracting ``low``: uint32 arithmetic wraps modulo 2^32, a ring, so
+    ``x * E^2 + y * E + z`` differs from the key above by one constant modulo 2^32, and is as
+    injective on the cube. Callers subtract the constant where they need the key's value.
+    """
+    extent = high - low + 1
+    if extent ** 3 > 2 ** 32:
+        return None
+    unsigned = coords.view(np.uint32)
+    keys = unsigned[:, 0] * np.uint32(extent * extent % 2 ** 32)
+    keys += unsigned[:, 1] * np.uint32(extent)
+    keys += unsigned[:, 2]
+    keys -= np.uint32((low * (extent * extent + extent + 1)) % 2 ** 32)
+    return keys
+
+
+def _first_occurrence_groups(coords: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique_map, inverse_map)`` of Mask3D's voxelisation for int32 ``coords`` [N, 3] in [low, high].
+
+    Scans are locally coherent: consecutive points often share a voxel (a Kinect frame's 188k
+    points form 20k such runs at 2 cm). Only the runs' heads are sorted (by voxel, then run), so
+    the earliest run of each voxel holds its first point; voxels are then numbered by first
+    occurrence with a mask over the runs instead of a second sort, and the runs expanded back.
+    Without such coherence (runs over half the points) every point is its own run.
+    """
+    count = len(coords)
+    keys = _cube_keys(coords, low, high)
+    changes = keys[1:] != keys[:-1] if keys is not None else (coords[1:] != coords[:-1]).any(axis=1)
+    heads = np.flatnonzero(np.concatenate(([True], changes)))
+    if 2 * len(heads) > count:
+        heads = None
+    runs = count if heads is None else len(heads)
+    if keys is not None:  # uint32 cube keys, exact: sort (key << run bits | run) as int64
+        index_bits = max(1, (runs - 1).bit_length())
+        packed = (keys if heads is None else keys[heads]).astype(np.int64)
+        packed <<= index_bits
+        packed |= np.arange(runs)
+        packed.sort()  # unique values: any sort is stable; np.sort is ~3x faster than argsort
+        order = packed & ((1 << index_bits) - 1)
+        packed >>= index_bits
+        starts = np.concatenate(([True], packed[1:] != packed[:-1]))
+    else:
+        order, starts = _sorted_groups(coords if heads is None else coords[heads])
+    group = np.empty(runs, np.int64)
+    group[order] = np.cumsum(starts) - 1  # each run's voxel, voxels numbered in key order
+    first_run = np.zeros(runs, bool)
+    first_run[order[starts]] = True  # stable order: the earliest run of each voxel
+    first_runs = np.flatnonzero(first_run)  # increasing: voxels in order of first occurrence
+    rank = np.empty(len(first_runs), np.int64)
+    rank[group[first_runs]] = np.arange(len(first_runs))
+    if heads is None:
+        return first_runs, rank[group]
+    return heads[first_runs], np.repeat(rank[group], np.diff(heads, append=count))
+
+
 def voxelize(xyz, voxel_size: float, features=None, reduce: str = "first"):
     """Quantise points to voxels as Mask3D does.
 
@@ -99,16 +162,10 @@ def voxelize(xyz, voxel_size: float, features=None, reduce: str = "first"):
         empty = (np.empty((0, 3), np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
         return empty if features is None else empty + (_reduced(features, empty[2], 0, reduce, empty[1]),)
 
-    coords = _voxel_coords(points, voxel_size)
-    order, starts = _sorted_groups(coords)
-    first_points = order[starts]  # stable sort: the earliest point of each voxel, voxels in key order
-    by_first_occurrence = np.argsort(first_points)
-    rank = np.empty_like(by_first_occurrence)
-    rank[by_first_occurrence] = np.arange(len(by_first_occurrence))
-    unique_map = first_points[by_first_occurrence]
-    inverse_map = np.empty(len(points), np.int64)
-    inverse_map[order] = rank[np.cumsum(starts) - 1]
-    result = (coords[unique_map], unique_map, inverse_map)
+    coords, low, high = _voxel_coords(points, voxel_size)
+    unique_map, inverse_map = _first_occurrence_groups(coords, low, high)
+    triples = coords.view(np.dtype((np.void, 12))).reshape(-1)  # one 12-byte item per point: a faster gather
+    result = (triples[unique_map].view(np.int32).reshape(-1, 3), unique_map.astype(np.int64, copy=False), inverse_map)
     if features is None:
         return result
     return result + (_reduced(features, inverse_map, len(unique_map), reduce, unique_map),)

@@ -107,6 +107,36 @@ def test_model_rows_from_a_child_process():
     extra = rows[0].extra
     assert rows[0].peak_rss_mb is not None and extra["voxels"] > 1000
     assert set(extra["stages_ms"]["all_threads"]) == set(models.STAGES)
+    post = rows[1]
+    assert len(rows) == 2 and post.name.startswith("post stage") and post.baseline == models.POST_BASELINE
+    assert post.value < post.baseline_value and post.extra["voxels"] == extra["voxels"]
+
+
+def fake_child_result(variants):
+    runs = {name: [{"voxelize": 1.0, "backbone": 5.0, "decoder": 3.0, "post": post, "total": 10.0 + post}
+                   for post in (1.0, 2.0, 4.0)] for name in variants}
+    return {"points": 2500, "voxels": 1000, "threads": 2, "peak_rss_mb": 10.0,
+            "peak_gpu_mb": {name: 5.0 for name in variants},
+            "times_ms": {name: [11.0, 12.0, 14.0] for name in variants},
+            "stages_ms": {name: models._stage_medians(values) for name, values in runs.items()},
+            "post_runs_ms": {name: [(t["post"], t["total"]) for t in values] for name, values in runs.items()}}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_post_stage_rows_beside_the_whole_forward(monkeypatch, device):
+    """One "post stage" row per model and size: the median post stage against the median whole
+    forward of the same runs (CPU: one thread; CUDA: each precision)."""
+    variants = ("all_threads", "one_thread") if device == "cpu" else ("fp32", "fp16")
+    monkeypatch.setattr(models, "run_child", lambda spec: fake_child_result(variants))
+    make = models.cpu_model_rows if device == "cpu" else models.cuda_model_rows
+    rows = make("tabletop", 1000, repeats=3)
+    check_rows(rows)
+    post = [row for row in rows if row.name.startswith("post stage")]
+    assert len(post) == (1 if device == "cpu" else 2) and not rows[0].name.startswith("post stage")
+    for row in post:
+        assert models.MODELS["tabletop"] in row.name and "1,000 voxels" in row.name
+        assert row.baseline == models.POST_BASELINE and (row.value, row.baseline_value) == (2.0, 12.0)
+        assert row.extra["post_share"] == pytest.approx(2 / 12) and "16.7 %" in row.notes
 
 
 def test_conv_closures_run_and_rows_need_minkowski():

@@ -172,6 +172,7 @@ def model_child(spec: dict) -> dict:
         values.clear()
     result["times_ms"] = race({name: forward(name) for name in segmenters}, spec["repeats"], warmup=False)
     result["stages_ms"] = {name: _stage_medians(values) for name, values in stages.items()}
+    result["post_runs_ms"] = {name: [(t["post"], t["total"]) for t in values] for name, values in stages.items()}
     return result
 
 
@@ -200,8 +201,27 @@ def _stages_note(stages: dict) -> str:
     return "median stages " + "/".join(STAGES[:len(stages)]) + ": " + values + " ms"
 
 
+POST_BASELINE = "whole forward, same runs (median)"
+POST_GOAL = 0.15  # issue 16: the post stage within 15 % of the forward at every size
+
+
+def post_stage_row(model: str, result: dict, variant: str, setting: str) -> Row:
+    """The post stage (smoothing, DBSCAN split, scoring: Segmenter's ``post`` timing) against the
+    whole forward (its ``total``), medians over the same timed runs of ``variant``."""
+    runs = result["post_runs_ms"][variant]
+    post, total = statistics.median(p for p, _ in runs), statistics.median(t for _, t in runs)
+    share = post / total
+    return Row(
+        f"post stage: {MODELS[model]}, {result['voxels']:,} voxels, {setting}", post, "ms", POST_BASELINE, total,
+        f"median of {len(runs)}; post = {100 * share:.1f} % of the forward"
+        f" ({'within' if share <= POST_GOAL else 'above'} the {100 * POST_GOAL:.0f} % goal)",
+        extra={"model": model, "voxels": result["voxels"], "variant": variant, "post_share": share,
+               "post_runs_ms": runs})
+
+
 def cpu_model_rows(model: str, voxels: int, repeats: int) -> list[Row]:
-    """The model on CPU, all threads against one thread."""
+    """The model on CPU, all threads against one thread; then its post stage against the forward with
+    one thread, as the node runs (``OMP_NUM_THREADS=1``) and steady on a shared machine."""
     result = run_child({"kind": "model", "model": model, "voxels": voxels, "device": "cpu", "repeats": repeats})
     times, threads = result["times_ms"], result["threads"]
     return [Row(
@@ -210,11 +230,13 @@ def cpu_model_rows(model: str, voxels: int, repeats: int) -> list[Row]:
         f"{result['points']:,} points; best of {repeats}; {_stages_note(result['stages_ms']['all_threads'])};"
         " RSS growth over the cold forward", result["peak_rss_mb"],
         extra={"model": model, "voxels": result["voxels"], "points": result["points"], "device": "cpu",
-               "threads": threads, "stages_ms": result["stages_ms"], "times_ms": times})]
+               "threads": threads, "stages_ms": result["stages_ms"], "times_ms": times}),
+        post_stage_row(model, result, "one_thread", "CPU, 1 thread")]
 
 
 def cuda_model_rows(model: str, voxels: int, repeats: int) -> list[Row]:
-    """The model on CUDA, half precision against float32 (peak memory: GPU allocations)."""
+    """The model on CUDA, half precision against float32 (peak memory: GPU allocations); then the
+    post stage against the forward, both precisions."""
     result = run_child({"kind": "model", "model": model, "voxels": voxels, "device": "cuda", "repeats": repeats})
     times, gpu = result["times_ms"], result["peak_gpu_mb"]
     return [Row(
@@ -223,7 +245,9 @@ def cuda_model_rows(model: str, voxels: int, repeats: int) -> list[Row]:
         f"best of {repeats}; {_stages_note(result['stages_ms']['fp16'])}; peak GPU memory fp16 {gpu['fp16']:.0f} MB"
         f" vs fp32 {gpu['fp32']:.0f} MB (RSS column: not measured on CUDA)", None,
         extra={"model": model, "voxels": result["voxels"], "device": "cuda", "peak_gpu_mb": gpu,
-               "stages_ms": result["stages_ms"], "times_ms": times})]
+               "stages_ms": result["stages_ms"], "times_ms": times}),
+        post_stage_row(model, result, "fp16", "CUDA, half precision"),
+        post_stage_row(model, result, "fp32", "CUDA, float32")]
 
 
 def minkowski_rows(model: str, voxels: int, repeats: int) -> list[Row]:
