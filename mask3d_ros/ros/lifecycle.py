@@ -135,10 +135,6 @@ class Mask3DLifecycleNode(plain.Mask3DNode, LifecycleNode):
         self.model = None
         self._configured = False
 
-    def shutdown(self, timeout: float = 1.0) -> bool:
-        """Stop the worker if it runs (active), as the plain node does at exit."""
-        return True if self.worker is None else self.worker.stop(timeout)
-
 
 def main(args=None) -> int:
     """``mask3d_lifecycle_node``: starts unconfigured; drive it with ``ros2 lifecycle set``."""
