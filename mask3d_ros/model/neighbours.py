@@ -7,14 +7,22 @@ squared distance in float64, summed axis by axis, ``<= radius ** 2``): float32 c
 measured in float32 and only pairs within float32 rounding of the radius are measured again in
 float64.
 
-:func:`connected_components` labels the components of a graph with torch ops (hooking and pointer
-jumping), each node labelled by the smallest node index of its component.
+:func:`connected_components` labels the components of a graph, each node by the smallest node
+index of its component.
+
+Sorting, sorted lookups and index lists dominate. On the CPU they go through numpy, zero-copy
+(its SIMD sort of plain integers with the index packed into the low bits is a stable argsort
+several times faster than ``torch.sort``; its ``searchsorted`` and ``flatnonzero`` are several
+times faster than torch's), and graph components through scipy; on a GPU the same functions use
+torch.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.sparse import coo_matrix, csgraph
 from torch import Tensor
 
 _FLOAT32_BAND = 1e-6
@@ -24,6 +32,41 @@ _FLOAT32_BAND = 1e-6
 FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
                         if (dx, dy, dz) > (0, 0, 0))
 """The 13 cell offsets that meet every unordered pair of adjacent (26-connected) cells once."""
+
+
+def sort_with_order(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.sort(keys, stable=True)`` of int64 ``[N]``: the sorted keys and the stable order."""
+    if keys.device.type != "cpu" or len(keys) < 2:
+        return torch.sort(keys, stable=True)
+    values = keys.numpy()
+    low, high = int(values.min()), int(values.max())
+    bits = (len(values) - 1).bit_length()
+    if high - low >= 2 ** (63 - bits):
+        return torch.sort(keys, stable=True)
+    packed = values - low           # the index in the low bits breaks ties: stable
+    packed <<= bits
+    packed |= np.arange(len(values), dtype=np.int64)
+    packed.sort()
+    order = packed & ((1 << bits) - 1)
+    packed >>= bits
+    packed += low
+    return torch.from_numpy(packed), torch.from_numpy(order)
+
+
+def flat_nonzero(mask: Tensor) -> Tensor:
+    """int64 indices of the True entries of a bool ``[N]`` (numpy's is several times faster on the CPU)."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask)[:, 0]
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+
+
+def unique_inverse(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.unique(keys, return_inverse=True)`` of int64 ``[N]``."""
+    ordered, order = sort_with_order(keys)
+    unique, counts = torch.unique_consecutive(ordered, return_counts=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.repeat_interleave(torch.arange(len(unique), device=keys.device), counts)
+    return unique, inverse
 
 
 def cell_coords(xyz: Tensor, size: float) -> Tensor:
@@ -55,33 +98,38 @@ def offset_key(offset, strides: Tensor) -> int:
 def cartesian_pairs(start_a: Tensor, count_a: Tensor, start_b: Tensor,
                     count_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """All ``(start_a[k] + u, start_b[k] + v)`` for ``u < count_a[k]``, ``v < count_b[k]``, every ``k``:
-    the pairs between runs of a sorted array, and the ``k`` of each, ``[sum(count_a * count_b)]`` each."""
-    sizes = count_a * count_b
-    owner = torch.repeat_interleave(sizes)
-    local = torch.arange(len(owner), device=sizes.device) - (torch.cumsum(sizes, 0) - sizes).index_select(0, owner)
-    width = count_b.index_select(0, owner)
-    first = start_a.index_select(0, owner) + torch.div(local, width, rounding_mode="floor")
-    return first, start_b.index_select(0, owner) + local % width, owner
+    the pairs between runs of a sorted array, and the ``k`` of each, ``[sum(count_a * count_b)]`` each,
+    ordered by ``k``, then ``u``, then ``v``, in the dtype of the inputs (int32 halves the memory
+    traffic). Expanded in two steps (the ``(k, u)``, then their ``v``) with no integer division."""
+    owner_a = torch.repeat_interleave(count_a)
+    step = torch.arange(len(owner_a), device=count_a.device, dtype=count_a.dtype)
+    first_a = step + (start_a - (torch.cumsum(count_a, 0, dtype=count_a.dtype) - count_a)).index_select(0, owner_a)
+    width = count_b.index_select(0, owner_a)
+    item = torch.repeat_interleave(width)
+    step = torch.arange(len(item), device=count_a.device, dtype=count_a.dtype)
+    shift = start_b.index_select(0, owner_a) - (torch.cumsum(width, 0, dtype=width.dtype) - width)
+    second = step + shift.index_select(0, item)
+    return first_a.index_select(0, item), second, owner_a.index_select(0, item)
 
 
 def within(xyz: Tensor, i: Tensor, j: Tensor, radius: float) -> Tensor:
     """bool ``[E]``: is ``|xyz[i] - xyz[j]| <= radius``, decided as scipy's KD-tree decides it."""
-    squared = _squared_distance(xyz, i, j)
+    columns = xyz.T.contiguous()        # [3, N]: contiguous gathers
+    squared = _squared_distance(columns, i, j)
     limit = float(radius) ** 2
     inside = squared <= limit
     if xyz.dtype != torch.float64:
-        band = torch.nonzero((squared - limit).abs() <= _FLOAT32_BAND * limit)[:, 0]
+        band = flat_nonzero((squared - limit).abs() <= _FLOAT32_BAND * limit)
         if len(band):
-            inside[band] = _squared_distance(xyz, i.index_select(0, band), j.index_select(0, band),
-                                             torch.float64) <= limit
+            inside[band] = _squared_distance(columns.double(), i.index_select(0, band),
+                                             j.index_select(0, band)) <= limit
     return inside
 
 
-def _squared_distance(xyz: Tensor, i: Tensor, j: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """``((dx^2 + dy^2) + dz^2)`` ``[E]`` in ``dtype`` (default: the coordinates'), in scipy's order."""
+def _squared_distance(columns: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """``((dx^2 + dy^2) + dz^2)`` ``[E]`` of points ``columns [3, N]``, in scipy's order."""
     total = None
-    for axis in range(3):
-        column = xyz[:, axis].to(dtype or xyz.dtype)
+    for column in columns:
         diff = column.index_select(0, i) - column.index_select(0, j)
         total = diff * diff if total is None else total + diff * diff
     return total
@@ -101,30 +149,32 @@ def radius_pairs(xyz: Tensor, radius: float) -> tuple[Tensor, Tensor]:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         return empty, empty
     keys, strides, _ = pack_cells(cell_coords(xyz, _cell_size(xyz, radius)))
-    keys, order = torch.sort(keys)
+    keys, order = sort_with_order(keys)
     sorted_xyz = xyz.index_select(0, order)
     cells, counts = torch.unique_consecutive(keys, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    firsts, seconds = [], []
-    for offset in ((0, 0, 0),) + FORWARD_OFFSETS:
-        target = cells + offset_key(offset, strides)
-        found = torch.searchsorted(cells, target).clamp_max(len(cells) - 1)
-        hit = torch.nonzero(cells.index_select(0, found) == target)[:, 0]
-        other = found.index_select(0, hit)
-        a, b, _ = cartesian_pairs(starts.index_select(0, hit), counts.index_select(0, hit),
-                               starts.index_select(0, other), counts.index_select(0, other))
-        if offset == (0, 0, 0):
-            a, b = a[a < b], b[a < b]
-        keep = torch.nonzero(within(sorted_xyz, a, b, radius))[:, 0]
-        firsts.append(order.index_select(0, a.index_select(0, keep)))
-        seconds.append(order.index_select(0, b.index_select(0, keep)))
-    first, second = torch.cat(firsts), torch.cat(seconds)
+    counts = counts.to(torch.int32 if len(xyz) < 2 ** 31 else torch.int64)   # indices for the pair expansion
+    starts = torch.cumsum(counts, 0, dtype=counts.dtype) - counts
+    every = torch.arange(len(cells), device=device)
+    near_a, near_b = adjacent(cells, strides)
+    cell_a, cell_b = torch.cat([every, near_a]), torch.cat([every, near_b])    # each cell with itself first
+    a, b, owner = cartesian_pairs(starts.index_select(0, cell_a), counts.index_select(0, cell_a),
+                                  starts.index_select(0, cell_b), counts.index_select(0, cell_b))
+    keep = flat_nonzero(((a < b) | (owner >= len(cells))) & within(sorted_xyz, a, b, radius))
+    first = order.index_select(0, a.index_select(0, keep))
+    second = order.index_select(0, b.index_select(0, keep))
     return torch.minimum(first, second), torch.maximum(first, second)
 
 
 def connected_components(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     """int64 ``[num_nodes]``: per node the smallest node index of its component in the undirected
-    graph with edges ``src[e] - dst[e]``."""
+    graph with edges ``src[e] - dst[e]``. On the CPU scipy's graph traversal labels the components;
+    on a GPU, hooking and pointer jumping."""
+    if src.device.type == "cpu":
+        graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src.numpy(), dst.numpy())), shape=(num_nodes,) * 2)
+        label = torch.from_numpy(csgraph.connected_components(graph, directed=False)[1].astype(np.int64))
+        smallest = torch.full((num_nodes,), num_nodes, dtype=torch.int64)
+        smallest.scatter_reduce_(0, label, torch.arange(num_nodes), "amin")
+        return smallest.index_select(0, label)
     parent = torch.arange(num_nodes, device=src.device)
     while True:
         root_src, root_dst = parent[src], parent[dst]
@@ -145,8 +195,23 @@ def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
     """Per target its index in the sorted unique ``sorted_keys``, or -1 where it is absent."""
     if len(sorted_keys) == 0:
         return torch.full_like(targets, -1)
+    if sorted_keys.device.type == "cpu":
+        keys, wanted = sorted_keys.numpy(), targets.numpy()
+        found = np.searchsorted(keys, wanted)
+        np.minimum(found, len(keys) - 1, out=found)
+        return torch.from_numpy(np.where(keys[found] == wanted, found, -1))
     found = torch.searchsorted(sorted_keys, targets).clamp_max(len(sorted_keys) - 1)
     return torch.where(sorted_keys.index_select(0, found) == targets, found, -1)
+
+
+def adjacent(groups: Tensor, strides: Tensor, offsets=FORWARD_OFFSETS) -> tuple[Tensor, Tensor]:
+    """Pairs ``(a, b)`` of indices into the sorted unique cell keys ``groups`` (possibly
+    ``query * span + cell key``) with cell ``b`` at one of ``offsets`` from cell ``a``; with the
+    default offsets each unordered pair of adjacent cells once. Offset-major order."""
+    shifts = torch.tensor([offset_key(offset, strides) for offset in offsets], device=groups.device)
+    other = lookup(groups, (shifts[:, None] + groups[None, :]).reshape(-1))   # rows sorted: fast lookups
+    hit = flat_nonzero(other >= 0)
+    return hit % len(groups), other.index_select(0, hit)
 
 
 # --- components of every mask at once ------------------------------------------------------------
@@ -161,21 +226,9 @@ the same or adjacent coarse cells."""
 
 def _runs(groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor]:
     """Stable order of the items by group, and the start and length of each group's run."""
-    order = torch.sort(groups, stable=True).indices
+    order = sort_with_order(groups)[1]
     counts = torch.bincount(groups, minlength=num_groups)
     return order, torch.cumsum(counts, 0) - counts, counts
-
-
-def _neighbour_groups(groups: Tensor, strides: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairs ``(a, b)`` of indices into the sorted unique ``groups`` (``query * span + cell key``)
-    whose cells are adjacent, each unordered pair once."""
-    firsts, seconds = [], []
-    for offset in FORWARD_OFFSETS:
-        other = lookup(groups, groups + offset_key(offset, strides))
-        hit = torch.nonzero(other >= 0)[:, 0]
-        firsts.append(hit)
-        seconds.append(other.index_select(0, hit))
-    return torch.cat(firsts), torch.cat(seconds)
 
 
 def masked_components(xyz: Tensor, query: Tensor, row: Tensor, eps: float) -> Tensor:
@@ -192,9 +245,9 @@ def masked_components(xyz: Tensor, query: Tensor, row: Tensor, eps: float) -> Te
         return row.clone()
     cells = cell_coords(xyz, eps * _FINE_CELL)
     cell_keys, strides, span = pack_cells(cells)
-    nodes, node_of = torch.unique(query * span + cell_keys.index_select(0, row), return_inverse=True)
+    nodes, node_of = unique_inverse(query * span + cell_keys.index_select(0, row))
     node_query = torch.div(nodes, span, rounding_mode="floor")
-    first, second = _neighbour_groups(nodes, strides)
+    first, second = adjacent(nodes, strides)
     joined = connected_components(len(nodes), first, second)
     first, second = _apart_nodes(xyz, cells, row, node_of, node_query, joined, eps)
     if len(first):
@@ -212,15 +265,15 @@ def _apart_nodes(xyz: Tensor, cells: Tensor, row: Tensor, node_of: Tensor, node_
     node_cells = torch.zeros((num_nodes, 3), dtype=cells.dtype, device=cells.device)
     node_cells.index_copy_(0, node_of, cells.index_select(0, row))
     coarse_keys, coarse_strides, span = pack_cells(torch.div(node_cells, _COARSE, rounding_mode="floor"))
-    supers, super_of = torch.unique(node_query * span + coarse_keys, return_inverse=True)
+    supers, super_of = unique_inverse(node_query * span + coarse_keys)
     low = torch.full((len(supers),), num_nodes, dtype=joined.dtype, device=joined.device)
     low.scatter_reduce_(0, super_of, joined, "amin")
     high = torch.full_like(low, -1).scatter_reduce_(0, super_of, joined, "amax")
-    first, second = _neighbour_groups(supers, coarse_strides)
+    first, second = adjacent(supers, coarse_strides)
     mixed = (low.index_select(0, first) != high.index_select(0, second)) | (low.index_select(0, second) !=
                                                                            high.index_select(0, first))
     mixed |= (high.index_select(0, first) != low.index_select(0, first))
-    alone = torch.nonzero(high != low)[:, 0]
+    alone = flat_nonzero(high != low)
     first = torch.cat([alone, first[mixed]])
     second = torch.cat([alone, second[mixed]])
     order, starts, counts = _runs(super_of, len(supers))
@@ -229,7 +282,7 @@ def _apart_nodes(xyz: Tensor, cells: Tensor, row: Tensor, node_of: Tensor, node_
     a, b = order.index_select(0, a), order.index_select(0, b)
     component_a, component_b = joined.index_select(0, a), joined.index_select(0, b)
     within_one = owner < len(alone)     # a coarse cell with itself: each unordered pair once
-    keep = torch.nonzero(torch.where(within_one, component_a < component_b, component_a != component_b))[:, 0]
+    keep = flat_nonzero(torch.where(within_one, component_a < component_b, component_a != component_b))
     a, b = a.index_select(0, keep), b.index_select(0, keep)
     a, b = _boxes_near(xyz, row, node_of, num_nodes, a, b, eps)
     return _measured(xyz, row, node_of, num_nodes, a, b, eps)
@@ -247,7 +300,7 @@ def _boxes_near(xyz: Tensor, row: Tensor, node_of: Tensor, num_nodes: int, a: Te
         apart = torch.maximum(low.index_select(0, b) - high.index_select(0, a),
                               low.index_select(0, a) - high.index_select(0, b)).clamp_min(0)
         gap += apart * apart
-    keep = torch.nonzero(gap <= float(eps) ** 2 * (1 + 1e-4))[:, 0]
+    keep = flat_nonzero(gap <= float(eps) ** 2 * (1 + 1e-4))
     return a.index_select(0, keep), b.index_select(0, keep)
 
 

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mask3d_ros.model.neighbours import masked_components, radius_pairs
+from mask3d_ros.model.neighbours import masked_components, radius_pairs, sort_with_order
 from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
+FIRST_BATCH = 16            # queries split by DBSCAN before checking which of the rest can reach the top-k
 
 
 def class_probabilities(pred_logits: Tensor) -> Tensor:
@@ -44,37 +45,40 @@ def mean_sigmoid_inside(mask_logits: Tensor) -> Tensor:
 
 def smooth_mask_logits(mask_logits: Tensor, voxel_xyz, voxel_rgb, radius: float, color_sigma: float) -> Tensor:
     """Each voxel's mask logits replaced by the colour-weighted mean over its neighbours within
-    ``radius`` metres (itself included).
+    ``radius`` metres (itself included): ``smoothing_graph(...) @ mask_logits``.
+    ``mask_logits [N_vox, Q]``; ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255."""
+    return smoothing_graph(voxel_xyz, voxel_rgb, radius, color_sigma, mask_logits.device) @ mask_logits.float()
+
+
+def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, device=None) -> Tensor:
+    """The row-normalised ``[N_vox, N_vox]`` sparse CSR matrix that smooths mask logits (columns).
 
     A small model's masks are speckled at the voxel scale: single voxels inside an object flip to
-    the neighbouring instance. One averaging step over the neighbourhood graph, with weights
-    ``exp(-|rgb_a - rgb_b|^2 / 2 sigma^2)`` (rgb in [0, 1]) that stop at colour edges, makes masks
-    follow surfaces, like one mean-field step of a dense CRF with an appearance kernel. The graph is
-    built once and smooths every mask in one sparse product, on the logits' device.
-    ``mask_logits [N_vox, Q]``; ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255 (arrays
-    or tensors).
+    the neighbouring instance. One averaging step over the neighbourhood graph (voxels within
+    ``radius`` metres, itself included), with weights ``exp(-|rgb_a - rgb_b|^2 / 2 sigma^2)`` (rgb in
+    [0, 1]) that stop at colour edges, makes masks follow surfaces, like one mean-field step of a
+    dense CRF with an appearance kernel. Built once per scene; one sparse product smooths any set of
+    masks. ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255 (arrays or tensors).
     """
-    device = mask_logits.device
-    xyz = torch.as_tensor(voxel_xyz, device=device)
-    colour = torch.as_tensor(voxel_rgb, device=device).float() / 255.0
-    first, second = radius_pairs(xyz, radius)
-    every = torch.arange(len(xyz), device=device)
-    rows, cols = torch.cat([first, second, every]), torch.cat([second, first, every])
-    difference = colour.index_select(0, rows) - colour.index_select(0, cols)
-    weight = torch.exp(-(difference * difference).sum(1) / (2 * color_sigma ** 2))
-    weight = weight / torch.zeros(len(xyz), device=device).index_add_(0, rows, weight).index_select(0, rows)
-    return _row_graph(rows, cols, weight, len(xyz)) @ mask_logits.float()
-
-
-def _row_graph(rows: Tensor, cols: Tensor, weight: Tensor, size: int) -> Tensor:
-    """The ``[size, size]`` sparse CSR matrix with ``weight[e]`` at ``(rows[e], cols[e])`` (distinct)."""
-    keys, order = torch.sort(rows * size + cols)
-    crow = torch.zeros(size + 1, dtype=torch.int64, device=rows.device)
+    size = len(voxel_xyz)
+    first, second = radius_pairs(torch.as_tensor(voxel_xyz, device=device), radius)
+    colour = (torch.as_tensor(voxel_rgb, device=device).float() / 255.0).T.contiguous()   # [3, N]: a gather per channel
+    distance = None
+    for channel in colour:
+        difference = channel.index_select(0, first) - channel.index_select(0, second)
+        distance = difference * difference if distance is None else distance + difference * difference
+    weight = torch.exp(distance / (-2 * color_sigma ** 2))
+    every = torch.arange(size, device=device)
+    keys, order = sort_with_order(torch.cat([first * size + second, second * size + first, every * (size + 1)]))
+    rows, cols = torch.div(keys, size, rounding_mode="floor"), keys % size     # edges both ways and self-loops
+    weight = torch.cat([weight, weight, torch.ones(size, device=device)]).index_select(0, order)
+    weight = weight / torch.zeros(size, device=device).index_add_(0, rows, weight).index_select(0, rows)
+    crow = torch.zeros(size + 1, dtype=torch.int64, device=device)
     torch.cumsum(torch.bincount(rows, minlength=size), 0, out=crow[1:])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, keys % size, weight.index_select(0, order), (size, size),
-                                       check_invariants=False)    # valid by construction
+        return torch.sparse_csr_tensor(crow, cols, weight, (size, size),
+                                       check_invariants=False)     # valid by construction
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,27 @@ class Clusters:
         """int64 [P]: the cluster of each row."""
         return torch.repeat_interleave(self.sizes)
 
+    def take(self, chosen: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows of clusters ``chosen`` one after the other, and the position in ``chosen`` of each."""
+        sizes = self.sizes.index_select(0, chosen)
+        which = torch.repeat_interleave(sizes)
+        starts = torch.cumsum(sizes, 0) - sizes
+        position = torch.arange(len(which), device=sizes.device) - starts.index_select(0, which)
+        return self.rows.index_select(0, self.starts.index_select(0, chosen).index_select(0, which) + position), which
+
+    def reordered(self, chosen: Tensor) -> "Clusters":
+        """The clusters ``chosen``, in that order."""
+        return Clusters(self.source.index_select(0, chosen), self.take(chosen)[0], self.sizes.index_select(0, chosen))
+
+
+def _positives(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(query, row) int64 ``[P]`` of the positive entries of ``[N_vox, Q]`` logits, query-major, rows increasing."""
+    positive = (mask_logits > 0).T
+    if positive.device.type != "cpu":
+        return torch.nonzero(positive, as_tuple=True)
+    query, row = np.nonzero(positive.numpy())
+    return torch.from_numpy(query), torch.from_numpy(row)
+
 
 def dbscan_clusters(mask_logits: Tensor, voxel_xyz, eps: float) -> Clusters:
     """Split every query's positive voxels into DBSCAN clusters (``min_samples=1``) of their xyz.
@@ -108,11 +133,11 @@ def dbscan_clusters(mask_logits: Tensor, voxel_xyz, eps: float) -> Clusters:
     """
     device = mask_logits.device
     xyz = torch.as_tensor(voxel_xyz, device=device)
-    query, row = torch.nonzero((mask_logits > 0).T, as_tuple=True)     # query-major, rows increasing
+    query, row = _positives(mask_logits)
     component = masked_components(xyz, query, row, eps)
     first_row = torch.full((len(row),), len(xyz), dtype=torch.int64, device=device)
     first_row = first_row.scatter_reduce_(0, component, row, "amin").index_select(0, component)
-    order = torch.sort(query * (len(xyz) + 1) + first_row, stable=True).indices
+    order = sort_with_order(query * (len(xyz) + 1) + first_row)[1]
     _, sizes = torch.unique_consecutive(component.index_select(0, order), return_counts=True)
     source = query.index_select(0, order).index_select(0, torch.cumsum(sizes, 0) - sizes)
     return Clusters(source, row.index_select(0, order), sizes)
@@ -136,84 +161,121 @@ def _cluster_mask_scores(mask_logits: Tensor, clusters: Clusters) -> Tensor:
 
 
 def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> Tensor:
-    """bool ``[N_vox, K]``: column ``k`` the voxels of cluster ``chosen[k]``."""
-    sizes = clusters.sizes.index_select(0, chosen)
-    column = torch.repeat_interleave(sizes)
-    position = torch.arange(len(column), device=sizes.device) - (torch.cumsum(sizes, 0) - sizes).index_select(0, column)
-    rows = clusters.rows.index_select(0, clusters.starts.index_select(0, chosen).index_select(0, column) + position)
-    binary = torch.zeros((num_voxels, len(chosen)), dtype=torch.bool, device=sizes.device)
-    binary[rows, column] = True
+    """bool ``[K, N_vox]``: row ``k`` the voxels of cluster ``chosen[k]``."""
+    rows, which = clusters.take(chosen)
+    binary = torch.zeros((len(chosen), num_voxels), dtype=torch.bool, device=rows.device)
+    binary[which, rows] = True
     return binary
 
 
-def _first_covering(masks: np.ndarray) -> np.ndarray:
-    """Per row of a bool ``[N, M]`` array: the first column that is True, or -1."""
-    if masks.shape[1] == 0:
-        return np.full(masks.shape[0], -1, dtype=np.int64)
-    return np.where(masks.any(1), masks.argmax(1), -1)
+def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float, k: int,
+                     smoothing: Tensor | None) -> tuple[Clusters, Tensor]:
+    """The DBSCAN clusters (as :func:`dbscan_clusters` numbers them) and their mask scores, of the
+    queries whose clusters can be among the ``k`` best (cluster, class) pairs.
+
+    Queries are split in batches, in order of their best class probability, until ``k`` pairs are
+    more probable than any query left: the rest cannot reach the top ``k``, so their masks are
+    neither smoothed nor split. ``masks [N_vox, Q]`` logits; ``prob [Q, K]``; ``smoothing`` the
+    optional :func:`smoothing_graph`.
+    """
+    best = prob.max(1).values
+    ranked = torch.sort(best, descending=True, stable=True).indices.to(masks.device)
+    sources, clusters, scores = [], [], []
+    done, batch = 0, FIRST_BATCH
+    while done < len(ranked):
+        queries = ranked[done:done + batch]
+        done += len(queries)
+        columns = masks.index_select(1, queries)
+        if smoothing is not None:
+            columns = smoothing @ columns
+        found = dbscan_clusters(columns, voxel_xyz, eps)
+        scores.append(_cluster_mask_scores(columns, found))
+        sources.append(queries.index_select(0, found.source))
+        clusters.append(found)
+        values = prob.index_select(0, torch.cat(sources).to(prob.device)).flatten()
+        if len(values) < k:
+            batch = len(ranked)                 # too few pairs yet: every query left
+            continue
+        kth = values.topk(k).values[-1]
+        left = best.index_select(0, ranked[done:].to(best.device))
+        batch = int((left >= kth).sum())        # the queries left that could still tie or win
+        if batch == 0:
+            break
+    source = torch.cat(sources)
+    rows = torch.cat([found.rows for found in clusters])
+    merged = Clusters(source, rows, torch.cat([found.sizes for found in clusters]))
+    first_row = rows.index_select(0, merged.starts) if len(rows) else rows
+    order = sort_with_order(source * (len(voxel_xyz) + 1) + first_row)[1]    # query by query, as DBSCAN numbers them
+    return merged.reordered(order), torch.cat(scores).index_select(0, order)
 
 
-def _weighted_overlaps(masks: np.ndarray, voxel_weight: np.ndarray) -> np.ndarray:
-    """``[M, M]`` float64: the total ``voxel_weight`` (integers) of the voxels two masks share, summed
-    in float32 (exact) while the total weight stays below ``2 ** 24``."""
-    dtype = np.float32 if voxel_weight.sum() < 2 ** 24 else np.float64
-    weighted = masks.astype(dtype) * voxel_weight.astype(dtype)[:, None]
-    return (masks.T.astype(dtype) @ weighted).astype(np.float64)
+def _first_covering(masks: Tensor) -> Tensor:
+    """Per voxel of bool ``[M, N]`` masks (one per row): the first mask that covers it, or -1."""
+    if masks.shape[0] == 0:
+        return torch.full((masks.shape[1],), -1, dtype=torch.int64, device=masks.device)
+    covered, first = masks.to(torch.uint8).max(0)       # max returns the first maximal index
+    return torch.where(covered > 0, first, -1)
 
 
-def _suppress_duplicates(masks: np.ndarray, voxel_weight: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Keep-flags of score-sorted masks [N, M]: drop each mask whose point IoU with a kept,
+def _weight_dtype(voxel_weight: Tensor) -> torch.dtype:
+    """float32 sums integer weights exactly while their total stays below ``2 ** 24``."""
+    return torch.float32 if int(voxel_weight.sum()) < 2 ** 24 else torch.float64
+
+
+def _suppress_duplicates(masks: Tensor, voxel_weight: Tensor, iou_threshold: float) -> np.ndarray:
+    """Keep-flags of score-sorted bool masks ``[M, N]``: drop each mask whose point IoU with a kept,
     higher-scored mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
-    intersection = _weighted_overlaps(masks, voxel_weight)
+    dense = masks.to(_weight_dtype(voxel_weight))
+    intersection = ((dense * voxel_weight.to(dense)) @ dense.T).double().cpu().numpy()
     size = np.diag(intersection)
     iou = intersection / np.maximum(size[:, None] + size[None, :] - intersection, 1e-12)
-    keep = np.ones(masks.shape[1], dtype=bool)
-    for j in range(1, masks.shape[1]):
+    keep = np.ones(masks.shape[0], dtype=bool)
+    for j in range(1, masks.shape[0]):
         keep[j] = not (iou[j, :j][keep[:j]] > iou_threshold).any()
     return keep
-
-
-def _weighted_sizes(masks: np.ndarray, voxel_weight: np.ndarray) -> np.ndarray:
-    """int64 ``[M]``: the total ``voxel_weight`` (integers) of each mask's voxels, summed in float32
-    (exact) while the total weight stays below ``2 ** 24``."""
-    dtype = np.float32 if voxel_weight.sum() < 2 ** 24 else np.float64
-    return np.rint(voxel_weight.astype(dtype) @ masks.astype(dtype)).astype(np.int64)
 
 
 def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, score_threshold=0.0,
             min_size=0, exclude_classes=(), class_to_label=None, inverse_map=None,
             duplicate_iou: float | None = None) -> VoxelSegmentation:
-    """Filter (class, score, size, optionally duplicates), sort by score and assemble the result."""
-    masks = masks.cpu().numpy().astype(bool, copy=False)
+    """Filter (class, score, size, optionally duplicates), sort by score and assemble the result.
+
+    ``masks``: bool ``[M, N_vox]`` tensor, one candidate per row (rows are cheap to select).
+    """
+    masks = masks.to(torch.bool)
     class_ids = class_ids.cpu().numpy().astype(np.int64)
     scores = scores.float().cpu().numpy()
     query_ids = query_ids.cpu().numpy().astype(np.int64)
     if inverse_map is not None:
         inverse_map = np.asarray(inverse_map, dtype=np.int64)
-        voxel_weight = np.bincount(inverse_map, minlength=masks.shape[0])
+        voxel_weight = torch.from_numpy(np.bincount(inverse_map, minlength=masks.shape[1])).to(masks.device)
     else:
-        voxel_weight = np.ones(masks.shape[0], dtype=np.int64)
-    sizes = _weighted_sizes(masks, voxel_weight)
+        voxel_weight = torch.ones(masks.shape[1], dtype=torch.int64, device=masks.device)
+    dtype = _weight_dtype(voxel_weight)
+    sizes = torch.round(masks.to(dtype) @ voxel_weight.to(dtype)).long().cpu().numpy()
     keep = (scores >= score_threshold) & (sizes >= min_size) & ~np.isin(class_ids, list(exclude_classes))
     order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
     if duplicate_iou is not None and len(order):
-        order = order[_suppress_duplicates(masks[:, order], voxel_weight, duplicate_iou)]
-    masks, class_ids, scores, query_ids = masks[:, order], class_ids[order], scores[order], query_ids[order]
+        order = order[_suppress_duplicates(masks[torch.from_numpy(order).to(masks.device)], voxel_weight,
+                                           duplicate_iou)]
+    kept = masks[torch.from_numpy(order).to(masks.device)]
+    class_ids, scores, query_ids = class_ids[order], scores[order], query_ids[order]
     if voxel_instance is None:
-        voxel_instance = _first_covering(masks)     # instances are sorted: the highest scored one
+        voxel_instance = _first_covering(kept).cpu().numpy()    # instances are sorted: the highest scored one
     else:
         rank = np.full(len(keep) + 1, -1, dtype=np.int64)     # rank[-1] = -1 keeps unassigned voxels
         rank[order] = np.arange(len(order))
         voxel_instance = rank[voxel_instance]
     label_ids = class_ids.copy() if class_to_label is None else np.asarray(class_to_label, np.int64)[class_ids]
-    return VoxelSegmentation(mode, masks, class_ids, label_ids, scores, query_ids,
-                        voxel_instance.astype(np.int64), inverse_map)
+    return VoxelSegmentation(mode, kept.cpu().numpy().T, class_ids, label_ids, scores, query_ids,
+                             voxel_instance.astype(np.int64), inverse_map)
 
 
 def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 100,
                        dbscan_eps: float | None = None, voxel_xyz: np.ndarray | Tensor | None = None,
                        score_threshold: float = 0.0, min_size: int = 0, exclude_classes=(),
-                       class_to_label=None, inverse_map=None, duplicate_iou: float | None = None) -> VoxelSegmentation:
+                       class_to_label=None, inverse_map=None, duplicate_iou: float | None = None,
+                       smoothing: Tensor | None = None) -> VoxelSegmentation:
     """Official Mask3D instance scoring (``get_mask_and_scores``), optionally after DBSCAN.
 
     ``pred_logits [Q, K+1]``, ``pred_masks [N_vox, Q]`` (logits). ``topk=-1`` keeps as many pairs
@@ -221,26 +283,32 @@ def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 1
     Filters, applied after the top-k: ``score >= score_threshold``, at least ``min_size`` points
     (voxels without ``inverse_map``), class not in ``exclude_classes``, and with
     ``duplicate_iou`` no point IoU above it with a higher-scored instance (off by default,
-    as in the released evaluation: Mask3D has no NMS).
+    as in the released evaluation: Mask3D has no NMS). ``smoothing`` (:func:`smoothing_graph`)
+    smooths the mask logits first; with DBSCAN only those of queries that can reach the top-k.
+    Pairs of equal probability (a query's clusters) rank in cluster order.
     """
     prob = class_probabilities(pred_logits)
     masks = pred_masks.float()
     if dbscan_eps:
         if voxel_xyz is None:
             raise ValueError("DBSCAN splitting needs voxel_xyz")
-        clusters = dbscan_clusters(masks, voxel_xyz, dbscan_eps)
+        xyz = torch.as_tensor(voxel_xyz, device=masks.device)
+        every = prob.shape[0] * prob.shape[1]       # topk -1: every query's clusters count
+        clusters, mask_score = _ranked_clusters(masks, prob, xyz, dbscan_eps, every if topk == -1 else topk, smoothing)
         source_query = clusters.source
-        mask_score = _cluster_mask_scores(masks, clusters)
         prob = prob[source_query.to(prob.device)]
     else:
+        if smoothing is not None:
+            masks = smoothing @ masks
         source_query, clusters = torch.arange(masks.shape[1], device=masks.device), None
         mask_score = mean_sigmoid_inside(masks)
     num_candidates, num_classes = prob.shape
     k = num_candidates if topk == -1 else min(topk, num_candidates * num_classes)
-    class_prob, flat = prob.flatten().topk(k, sorted=True)
+    ranked, flat = torch.sort(prob.flatten(), descending=True, stable=True)    # ties: the first pair wins
+    class_prob, flat = ranked[:k], flat[:k]
     candidate = flat // num_classes
     if clusters is None:
-        binary = masks[:, candidate] > 0
+        binary = masks.T.index_select(0, candidate) > 0
     else:
         binary = _cluster_masks(clusters, candidate.to(masks.device), masks.shape[0])
     return _finish("instance", binary, flat % num_classes, class_prob * mask_score[candidate],
@@ -259,8 +327,8 @@ def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *, class_to_labe
     evidence = pred_masks.float().sigmoid() @ class_probabilities(pred_logits)          # [N, K]
     voxel_score, voxel_class = (evidence / evidence.sum(1, keepdim=True).clamp_min(1e-12)).max(1)
     classes = torch.unique(voxel_class)
-    masks = voxel_class[:, None] == classes[None, :]
-    scores = (voxel_score[:, None] * masks).sum(0) / masks.sum(0)
+    masks = classes[:, None] == voxel_class[None, :]
+    scores = (voxel_score[None, :] * masks).sum(1) / masks.sum(1)
     segment = torch.searchsorted(classes, voxel_class)
     return _finish("semantic", masks, classes, scores, torch.full_like(classes, -1),
                    voxel_instance=segment.cpu().numpy(), class_to_label=class_to_label, inverse_map=inverse_map)
@@ -296,6 +364,6 @@ def panoptic_inference(pred_logits: Tensor, pred_masks: Tensor, *, score_thresho
     keep = (region_size > 0) & (region_size >= overlap_threshold * own.sum(0))
     regions, candidates, heat = regions[:, keep], candidates[keep], heat[:, keep]
     scores = best_prob[candidates] * (heat * regions).sum(0) / regions.sum(0)
-    return _finish("panoptic", regions, best_class[candidates], scores, candidates,
-                   voxel_instance=_first_covering(regions.cpu().numpy()), min_size=min_size,
+    return _finish("panoptic", regions.T, best_class[candidates], scores, candidates,
+                   voxel_instance=_first_covering(regions.T).cpu().numpy(), min_size=min_size,
                    class_to_label=class_to_label, inverse_map=inverse_map)

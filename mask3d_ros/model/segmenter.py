@@ -186,20 +186,22 @@ class Segmenter:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
         voxel_xyz = torch.from_numpy(voxel_xyz).to(masks.device)     # neighbour searches run on the model's device
+        smoothing = None
         if preset.smooth_radius:    # on each voxel's mean colour: steadier than its one representative point's
             voxel_rgb = voxel_mean(rgb, inverse_map, len(voxel_xyz))
-            masks = postprocess.smooth_mask_logits(masks, voxel_xyz, voxel_rgb, preset.smooth_radius,
-                                                   preset.smooth_color_sigma)
+            smoothing = postprocess.smoothing_graph(voxel_xyz, voxel_rgb, preset.smooth_radius,
+                                                    preset.smooth_color_sigma, masks.device)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}
         if self.mode == "semantic":
-            return postprocess.semantic_inference(logits, masks, **common)
+            return postprocess.semantic_inference(logits, masks if smoothing is None else smoothing @ masks, **common)
         if self.mode == "panoptic":
-            return postprocess.panoptic_inference(logits, masks, score_threshold=self.score_threshold,
-                                                  min_size=self.min_points, **common)
+            return postprocess.panoptic_inference(logits, masks if smoothing is None else smoothing @ masks,
+                                                  score_threshold=self.score_threshold, min_size=self.min_points,
+                                                  **common)
         return postprocess.instance_inference(
             logits, masks, topk=preset.topk, dbscan_eps=preset.dbscan_eps or None, voxel_xyz=voxel_xyz,
-            score_threshold=self.score_threshold, min_size=self.min_points,
-            exclude_classes=preset.exclude_classes, duplicate_iou=preset.duplicate_iou, **common)
+            score_threshold=self.score_threshold, min_size=self.min_points, exclude_classes=preset.exclude_classes,
+            duplicate_iou=preset.duplicate_iou, smoothing=smoothing, **common)
 
     def release(self) -> None:
         """Drop the model and return its GPU memory; the Segmenter cannot be used afterwards."""

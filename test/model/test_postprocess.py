@@ -7,14 +7,18 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from mask3d_ros.data.datasets import load_mosd
+from mask3d_ros.model import postprocess
 from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.neighbours import radius_pairs
 from mask3d_ros.model.postprocess import (
+    class_probabilities,
+    dbscan_clusters,
     dbscan_split,
     instance_inference,
     panoptic_inference,
     semantic_inference,
     smooth_mask_logits,
+    smoothing_graph,
 )
 from mask3d_ros.model.segmenter import Segmenter
 from mask3d_ros.model.voxel import voxel_mean
@@ -302,8 +306,57 @@ def test_the_post_stage_matches_the_reference_on_a_real_frame(mosd_dir):
     common = dict(topk=preset.topk, dbscan_eps=preset.dbscan_eps, voxel_xyz=xyz, inverse_map=raw["inverse_map"],
                   duplicate_iou=preset.duplicate_iou, exclude_classes=preset.exclude_classes)
     ours = instance_inference(logits, smoothed, **common)
-    np.testing.assert_array_equal(result.masks, ours.masks)
-    np.testing.assert_array_equal(result.scores, ours.scores)
+    np.testing.assert_array_equal(result.masks, ours.masks)        # smoothed per batch of queries in the Segmenter
+    np.testing.assert_allclose(result.scores, ours.scores, rtol=1e-6)
     reference = instance_inference(logits, expected, **common)
     np.testing.assert_array_equal(ours.masks, reference.masks)
     torch.testing.assert_close(torch.from_numpy(ours.scores), torch.from_numpy(reference.scores))
+
+
+def every_query_split(logits, masks, xyz, eps, topk):
+    """The top-k (cluster, class) pairs with every query split first: masks as rows, scores."""
+    clusters = dbscan_clusters(masks, xyz, eps)
+    prob = class_probabilities(logits)[clusters.source]
+    ranked, flat = torch.sort(prob.flatten(), descending=True, stable=True)
+    chosen = flat[:topk] // prob.shape[1]
+    members = np.split(clusters.rows.numpy(), np.cumsum(clusters.sizes.numpy())[:-1])
+    rows = [members[c] for c in chosen.tolist()]
+    heat = [masks[r, clusters.source[c]].sigmoid().sum() / (len(r) + 1e-6) for r, c in zip(rows, chosen.tolist())]
+    return rows, ranked[:topk] * torch.stack(heat)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_only_queries_that_can_reach_the_top_k_are_split(seed, monkeypatch):
+    """Splitting queries in order of their best class until the rest cannot reach the top-k gives
+    the top-k of splitting them all, ties included (a query's clusters share its probabilities)."""
+    rng = np.random.default_rng(seed)
+    xyz, speckled = random_scene(seed, queries=40)
+    blob = np.arange(len(xyz)) // 300
+    compact = torch.from_numpy(np.where(blob[:, None] == np.arange(40) % 8, 1.0, -1.0).astype(np.float32))
+    logits = torch.from_numpy(rng.normal(0, 2, (40, 4)).astype(np.float32))
+    split_queries = []
+    monkeypatch.setattr(postprocess, "dbscan_clusters",
+                        lambda m, *a: split_queries.append(m.shape[1]) or dbscan_clusters(m, *a))
+    for masks, eps in ((speckled, 0.05), (compact, 0.4)):
+        for topk in (1, 5, 20, 60, 200):
+            split_queries.clear()
+            result = instance_inference(logits, masks, topk=topk, dbscan_eps=eps, voxel_xyz=xyz)
+            rows, scores = every_query_split(logits, masks, xyz, eps, topk)
+            order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+            assert [tuple(np.flatnonzero(result.masks[:, j])) for j in range(result.num_instances)] == \
+                [tuple(rows[j]) for j in order]
+            np.testing.assert_allclose(result.scores, scores[order].numpy(), rtol=1e-5)
+            if masks is compact and topk == 20:     # 16 queries give 48 pairs; only those that can still win follow
+                assert split_queries[0] == 16 and 0 < sum(split_queries) < 40
+
+
+def test_smoothing_inside_the_instance_reading_equals_smoothing_first():
+    xyz, masks = random_scene(7, queries=24)
+    rgb = np.random.default_rng(7).integers(0, 256, xyz.shape).astype(np.uint8)
+    logits = torch.from_numpy(np.random.default_rng(8).normal(0, 2, (24, 3)).astype(np.float32))
+    graph = smoothing_graph(xyz, rgb, 0.03, 0.1)
+    inside = instance_inference(logits, masks, topk=10, dbscan_eps=0.05, voxel_xyz=xyz, smoothing=graph)
+    first = instance_inference(logits, smooth_mask_logits(masks, xyz, rgb, 0.03, 0.1), topk=10, dbscan_eps=0.05,
+                               voxel_xyz=xyz)
+    np.testing.assert_array_equal(inside.masks, first.masks)
+    np.testing.assert_allclose(inside.scores, first.scores, rtol=1e-6)
