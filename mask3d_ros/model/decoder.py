@@ -227,14 +227,19 @@ class Mask3D(nn.Module):
 
     def decode(self, level_feats: Sequence[Tensor], pool: Pool, voxel_coords: Tensor, raw_xyz: Tensor, *,
                point2segment: Tensor | None = None, fps_idx: Tensor | None = None,
-               attn_logits: Sequence[Tensor] | None = None, debug: bool = False) -> dict:
+               attn_logits: Sequence[Tensor] | None = None, aux_masks: bool = True, debug: bool = False) -> dict:
         """Decoder on backbone maps ``level_feats`` (coarse to fine, the finest at stride 1).
 
         ``pool`` is the backbone's 2x2x2 average pooling between the rows of consecutive strides.
         ``point2segment [N]`` switches to segment-pooled mask features (``train_on_segments``).
         ``fps_idx`` replaces the query sampling and ``attn_logits`` (one ``[N_level, Q]`` tensor per
         step, rows in this model's level order) replace the predicted attention masks, so tests can
-        isolate the rest. ``debug`` adds the intermediate tensors to the output.
+        isolate the rest. ``aux_masks=False`` leaves the full-resolution masks out of ``aux_outputs``
+        (inference needs only their class logits). ``debug`` adds the intermediate tensors.
+
+        The attention masks are the mask logits average-pooled to the attended level; pooling is
+        linear, so they are computed as pooled mask features times the mask embeddings, at the
+        level's resolution (the official model pools full-resolution logits: equal up to rounding).
 
         Returns ``pred_logits [Q, K+1]``, ``pred_masks [N, Q]`` (voxel logits), ``aux_outputs``
         (one dict per refinement step, predicted before that step), ``fps_idx``, ``sampled_coords``,
@@ -268,17 +273,20 @@ class Mask3D(nn.Module):
         if point2segment is not None:
             num_segments = int(point2segment.max()) + 1
             segment_features = scatter_mean(mask_features, point2segment, num_segments)
+        level_mask_features = self._level_mask_features(mask_features, segment_features, point2segment, pool,
+                                                        num_levels)
 
         aux_outputs, step_attn_logits = [], []
         for decoder_pass in range(cfg.num_decoders):
             layer_set = 0 if cfg.shared_decoder else decoder_pass
             for i, level in enumerate(cfg.hlevels):
                 step = len(aux_outputs)
-                prediction = self._predict(queries, mask_features, segment_features, point2segment)
-                pooled = prediction["pred_masks"].float()
-                for s in range(num_levels - 1 - level):
-                    pooled = pool(pooled, 2 ** s)
-                pooled = pooled.detach() if attn_logits is None else attn_logits[step].to(pooled)
+                prediction, mask_embed = self._predict(queries, mask_features, segment_features, point2segment,
+                                                       masks=aux_masks)
+                if attn_logits is None:
+                    pooled = (level_mask_features[level] @ mask_embed.T.float()).detach()
+                else:
+                    pooled = attn_logits[step].to(device=mask_embed.device, dtype=torch.float32)
                 step_attn_logits.append(pooled)
                 blocked = pooled.sigmoid() < 0.5                  # [N_level, Q]
                 blocked[:, blocked.all(0)] = False                # a fully blocked query sees every key
@@ -289,7 +297,7 @@ class Mask3D(nn.Module):
                 queries = self.ffn_attention[layer_set][i](queries)
                 aux_outputs.append(prediction)
 
-        out = self._predict(queries, mask_features, segment_features, point2segment)
+        out = self._predict(queries, mask_features, segment_features, point2segment)[0]
         out.update(aux_outputs=aux_outputs, fps_idx=fps_idx, sampled_coords=sampled_coords)
         if debug:
             out.update(level_xyz=level_xyz, query_pe=query_pe, query_pos=query_pos[:, 0],
@@ -297,18 +305,32 @@ class Mask3D(nn.Module):
         return out
 
     def _predict(self, queries: Tensor, mask_features: Tensor, segment_features: Tensor | None,
-                 point2segment: Tensor | None) -> dict:
-        """The mask module: class logits and voxel mask logits of the current queries."""
+                 point2segment: Tensor | None, masks: bool = True) -> tuple[dict, Tensor]:
+        """The mask module: class logits and (with ``masks``) voxel mask logits of the current
+        queries, and the mask embeddings ``[Q, C]``."""
         normed = self.decoder_norm(queries.transpose(0, 1))        # [1, Q, C]
         mask_embed = self.mask_embed_head(normed)[0]
         prediction = {"pred_logits": self.class_embed_head(normed)[0]}
+        if not masks:
+            return prediction, mask_embed
         if segment_features is None:
             prediction["pred_masks"] = mask_features @ mask_embed.T
         else:
             segment_masks = segment_features @ mask_embed.T
             prediction["pred_segment_masks"] = segment_masks
             prediction["pred_masks"] = segment_masks[point2segment]
-        return prediction
+        return prediction, mask_embed
+
+    @staticmethod
+    def _level_mask_features(mask_features: Tensor, segment_features: Tensor | None, point2segment: Tensor | None,
+                             pool: Pool, num_levels: int) -> list[Tensor]:
+        """The voxels' mask features average-pooled to every level, coarse first: times the mask
+        embeddings they give the pooled mask logits (float32, as the official pooling of half-precision
+        logits). With segments, each voxel carries its segment's."""
+        pooled = [(mask_features if segment_features is None else segment_features[point2segment]).float()]
+        for s in range(num_levels - 1):
+            pooled.append(pool(pooled[-1], 2 ** s))
+        return pooled[::-1]
 
     def _level_coordinates(self, raw_xyz: Tensor, pool: Pool, num_levels: int) -> list[Tensor]:
         """Each level's point positions: repeated average pooling of the voxels' xyz (coarse first)."""

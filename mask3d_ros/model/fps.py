@@ -13,6 +13,7 @@ never updated and never picked, except as the seed (row 0).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_THREADS = 512           # pointnet2's TOTAL_THREADS
@@ -59,8 +60,10 @@ def furthest_point_sample(coords: torch.Tensor, num_samples: int, rule: str = "c
     xyz = coords.to(torch.float32)
     device = xyz.device
     rank = tie_rank(num_points, rule, device)
-    never_picked = torch.iinfo(torch.int64).max
     candidate = (xyz * xyz).sum(1) > ORIGIN_EPS
+    if device.type == "cpu":    # numpy's per-call cost is a tenth of torch's, and this loop is all calls
+        return torch.from_numpy(_sample(xyz.numpy(), rank.numpy(), candidate.numpy(), num_samples))
+    never_picked = torch.iinfo(torch.int64).max
     min_dist = torch.full((num_points,), INITIAL_DIST, dtype=torch.float32, device=device)
     min_dist = torch.where(candidate, min_dist, torch.full_like(min_dist, -1.0))
     picked = torch.zeros(num_samples, dtype=torch.int64, device=device)
@@ -73,5 +76,27 @@ def furthest_point_sample(coords: torch.Tensor, num_samples: int, rule: str = "c
         tied = (min_dist == best) & candidate
         # no candidate at all: every thread reports index 0, as in the kernel
         last = torch.where(tied, rank, never_picked).argmin() * tied.any()
+        picked[step] = last
+    return picked
+
+
+def _sample(xyz: np.ndarray, rank: np.ndarray, candidate: np.ndarray, num_samples: int) -> np.ndarray:
+    """The loop of :func:`furthest_point_sample` in numpy, step for step the same arithmetic."""
+    never_picked = np.iinfo(np.int64).max
+    min_dist = np.where(candidate, np.float32(INITIAL_DIST), np.float32(-1.0)).astype(np.float32)
+    picked = np.zeros(num_samples, dtype=np.int64)
+    last = 0
+    x, y, z = xyz.T.copy()      # contiguous columns: a sum over a length-3 axis is slow in numpy
+    for step in range(1, num_samples):
+        delta = x - x[last]
+        dist = delta * delta
+        delta = y - y[last]
+        dist += delta * delta
+        delta = z - z[last]
+        dist += delta * delta
+        np.minimum(min_dist, dist, out=min_dist, where=candidate)
+        tied = (min_dist == min_dist.max()) & candidate
+        # no candidate at all: every thread reports index 0, as in the kernel
+        last = int(np.where(tied, rank, never_picked).argmin()) if tied.any() else 0
         picked[step] = last
     return picked

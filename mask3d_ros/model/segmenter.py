@@ -168,7 +168,7 @@ class Segmenter:
                 levels = self.model.backbone_levels(coords_t, features_t)
             with self._timed(timings, "decoder"):
                 out = self.model.decode([level.feats for level in levels], levels[-1].manager.avg_pool,
-                                        coords_t, voxel_xyz_t, fps_idx=fps_idx)
+                                        coords_t, voxel_xyz_t, fps_idx=fps_idx, aux_masks=False)
             with self._timed(timings, "post"):
                 result = self._postprocess(out, voxel_xyz, rgb, inverse_map)
         timings["total"] = (time.perf_counter() - begin) * 1e3

@@ -19,13 +19,16 @@ Conventions (MinkowskiEngine's; Mask3D reference notes §2.4):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 # Largest dense key -> row table, in grid cells per voxel (int32 cells: 256 bytes per voxel).
 _DENSE_CELLS_PER_VOXEL = 64
+# Largest neighbourhood matrix `[N_out, K * C_in]` (floats) built for a one-GEMM convolution, and the
+# smallest share of its entries that must be real neighbours (the rest multiply zeros).
+_NEIGHBOURHOOD_GEMM_LIMIT = 2 ** 22
 # Grid padding (in voxels of the stride) around the bounding box, so that `key + offset_key` of
 # every neighbour query up to this radius stays inside the key range and never aliases.
 _MAX_RADIUS = 3
@@ -57,9 +60,30 @@ class PairMap:
     num_in: int
     num_out: int
     identity: int | None = None
+    _table: list = field(default_factory=list, compare=False, repr=False)   # the cached neighbour table
 
     def transposed(self) -> PairMap:
         return PairMap(self.out_rows, self.in_rows, self.bounds, self.num_out, self.num_in, self.identity)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.in_rows.shape[0] + (self.num_out if self.identity is not None else 0)
+
+    def neighbour_table(self) -> Tensor:
+        """int64 `[num_out, K]`: the input row feeding output `o` through kernel `k`, or `num_in` (a
+        zero row appended to the input) where there is none. Built once per map."""
+        if not self._table:
+            kernels = len(self.bounds)
+            device = self.in_rows.device
+            table = torch.full((self.num_out * kernels,), self.num_in, dtype=torch.int64, device=device)
+            sizes = torch.tensor([end - start for start, end in self.bounds], device=device)
+            kernel = torch.repeat_interleave(torch.arange(kernels, device=device), sizes)
+            table.index_copy_(0, self.out_rows * kernels + kernel, self.in_rows)
+            table = table.view(self.num_out, kernels)
+            if self.identity is not None:
+                table[:, self.identity] = torch.arange(self.num_out, device=device)
+            self._table.append(table)
+        return self._table[0]
 
 
 def _group_bounds(counts: list[int]) -> tuple[tuple[int, int], ...]:
@@ -316,11 +340,20 @@ def avg_pool(x: SparseTensor) -> SparseTensor:
 
 
 def _gather_mm_scatter(feats: Tensor, weight: Tensor, pairs: PairMap) -> Tensor:
-    """`out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k]`, group by group.
+    """`out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k]`.
 
-    One gather buffer and one product buffer, sized for the largest group, are reused by every
-    group: fresh large tensors cost more in page faults than the GEMMs themselves on CPU.
+    Small, dense enough maps (the coarse levels, the thin input layer) gather each output's whole
+    neighbourhood into one row and run one GEMM: three ops instead of three per kernel offset,
+    whose fixed cost dominates there. Otherwise group by group, with one gather buffer and one
+    product buffer, sized for the largest group, reused by every group: fresh large tensors cost
+    more in page faults than the GEMMs themselves on CPU.
     """
+    kernels = len(pairs.bounds)
+    if pairs.num_out * kernels * feats.shape[1] <= _NEIGHBOURHOOD_GEMM_LIMIT and \
+            4 * pairs.num_pairs >= pairs.num_out * kernels:
+        padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
+        gathered = padded.index_select(0, pairs.neighbour_table().view(-1)).view(pairs.num_out, -1)
+        return gathered @ weight.reshape(kernels * weight.shape[1], weight.shape[2])
     if pairs.identity is not None:
         out = feats @ weight[pairs.identity]
     else:
