@@ -11,10 +11,9 @@ float64.
 index of its component.
 
 Sorting, sorted lookups and index lists dominate. On the CPU they go through numpy, zero-copy
-(its SIMD sort of plain integers with the index packed into the low bits is a stable argsort
-several times faster than ``torch.sort``; its ``searchsorted`` and ``flatnonzero`` are several
-times faster than torch's), and graph components through scipy; on a GPU the same functions use
-torch.
+(:mod:`~mask3d_ros.model.sorting`'s packed sort is a stable argsort several times faster than
+``torch.sort``; numpy's ``searchsorted`` and ``flatnonzero`` are several times faster than
+torch's), and graph components through scipy; on a GPU the same functions use torch.
 """
 from __future__ import annotations
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix, csgraph
 from torch import Tensor
+
+from mask3d_ros.model.sorting import packed_argsort
 
 _FLOAT32_BAND = 1e-6
 """Relative width of the band around ``radius ** 2`` where float32 distances are rechecked in float64
@@ -36,21 +37,10 @@ FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) f
 
 def sort_with_order(keys: Tensor) -> tuple[Tensor, Tensor]:
     """``torch.sort(keys, stable=True)`` of int64 ``[N]``: the sorted keys and the stable order."""
-    if keys.device.type != "cpu" or len(keys) < 2:
+    result = packed_argsort(keys.numpy()) if keys.device.type == "cpu" else None
+    if result is None:
         return torch.sort(keys, stable=True)
-    values = keys.numpy()
-    low, high = int(values.min()), int(values.max())
-    bits = (len(values) - 1).bit_length()
-    if high - low >= 2 ** (63 - bits):
-        return torch.sort(keys, stable=True)
-    packed = values - low           # the index in the low bits breaks ties: stable
-    packed <<= bits
-    packed |= np.arange(len(values), dtype=np.int64)
-    packed.sort()
-    order = packed & ((1 << bits) - 1)
-    packed >>= bits
-    packed += low
-    return torch.from_numpy(packed), torch.from_numpy(order)
+    return torch.from_numpy(result[0]), torch.from_numpy(result[1])
 
 
 def flat_nonzero(mask: Tensor) -> Tensor:

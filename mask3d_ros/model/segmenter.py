@@ -158,8 +158,8 @@ class Segmenter:
         dtype = torch.float16 if self.half else torch.float32
         with self._timed(timings, "voxelize"):
             coords, unique_map, inverse_map = voxelize(xyz, self.preset.voxel_size)
-            voxel_xyz = xyz[unique_map]
-            features = normalize_colors(rgb[unique_map], self.preset.color_mean, self.preset.color_std)
+            voxel_xyz = np.take(xyz, unique_map, axis=0)      # take: several times faster than indexing rows
+            features = normalize_colors(np.take(rgb, unique_map, axis=0), self.preset.color_mean, self.preset.color_std)
             coords_t = torch.from_numpy(coords).to(self.device)
             features_t = torch.from_numpy(features).to(self.device, dtype)
             voxel_xyz_t = torch.from_numpy(voxel_xyz).to(self.device)

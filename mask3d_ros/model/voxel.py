@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mask3d_ros.model.sorting import stable_argsort
+
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 _INT64_MAX = 2 ** 63 - 1
 KEY_BITS = 21
@@ -208,7 +210,23 @@ def grid_keys(xyz, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def first_per_key(keys: np.ndarray) -> np.ndarray:
-    """Sorted indices of the first occurrence of every distinct key."""
-    _, first = np.unique(keys, return_index=True)
+    """Sorted indices of the first occurrence of every distinct :func:`grid_keys` key."""
+    if len(keys) < 2:
+        return np.arange(len(keys), dtype=np.int64)
+    order = stable_argsort(_box_keys(keys))
+    ordered = keys[order]
+    first = order[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
     first.sort()
     return first
+
+
+def _box_keys(keys: np.ndarray) -> np.ndarray:
+    """:func:`grid_keys` keys renumbered within the voxels' bounding box, in the same order: a few
+    tens of bits instead of 63, so that a sort can carry the index beside them."""
+    mask = (1 << KEY_BITS) - 1
+    parts = [keys >> (2 * KEY_BITS), (keys >> KEY_BITS) & mask, keys & mask]
+    lows = [int(part.min()) for part in parts]
+    spans = [int(part.max()) - low + 1 for part, low in zip(parts, lows)]
+    if spans[0] * spans[1] * spans[2] >= 2 ** 62:
+        return keys
+    return ((parts[0] - lows[0]) * spans[1] + (parts[1] - lows[1])) * spans[2] + (parts[2] - lows[2])

@@ -81,9 +81,13 @@ class InstanceTracker:
 
     def _pairs(self, xyz: np.ndarray, instances) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
         keys, owners, sizes = [], [], {}
+        point_keys, inside = grid_keys(xyz, self.voxel_size)     # -1: a point outside the key range
+        if not inside.all():
+            point_keys = np.where(inside, 0, -1)
+            point_keys[inside] = grid_keys(xyz[inside], self.voxel_size)[0]
         for inst in instances:
-            k, inside = grid_keys(xyz[inst.indices], self.voxel_size)
-            k = np.unique(k)
+            k = np.unique(np.take(point_keys, inst.indices))
+            k = k[k >= 0]
             keys.append(k)
             owners.append(np.full(len(k), inst.id, np.int64))
             sizes[inst.id] = len(k)
@@ -156,12 +160,13 @@ def relabel(seg: PointSegmentation, mapping: dict[int, int]) -> PointSegmentatio
 
 def add_boxes(xyz: np.ndarray, seg: PointSegmentation) -> PointSegmentation:
     """Fill each instance's axis-aligned box (centre, size) from its points, in place."""
+    columns = np.ascontiguousarray(np.asarray(xyz).T)     # [3, N]: reductions along contiguous rows
     for inst in seg.instances:
-        points = xyz[inst.indices]
-        if len(points) == 0:
+        if len(inst.indices) == 0:
             inst.center, inst.size = np.zeros(3), np.zeros(3)
             continue
-        lo, hi = points.min(0).astype(np.float64), points.max(0).astype(np.float64)
+        points = np.take(columns, inst.indices, axis=1)
+        lo, hi = points.min(1).astype(np.float64), points.max(1).astype(np.float64)
         inst.center, inst.size = (lo + hi) / 2.0, hi - lo
     return seg
 
@@ -174,18 +179,25 @@ def instance_colour(instance_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def point_colours(seg: PointSegmentation, input_rgb: np.ndarray | None) -> np.ndarray:
-    """(N, 3) uint8: the instance colour, or the dimmed grey of the input colour elsewhere."""
+def packed_point_colours(seg: PointSegmentation, input_rgb: np.ndarray | None) -> np.ndarray:
+    """uint32 ``[N]`` packed ``0x00RRGGBB``: the instance colour, or the dimmed grey of the input
+    colour elsewhere (a flat grey without input colours)."""
     n = len(seg)
     if input_rgb is not None and len(input_rgb) == n:
-        rgb16 = input_rgb.astype(np.uint16)
-        grey = (rgb16[:, 0] * 77 + rgb16[:, 1] * 150 + rgb16[:, 2] * 29) >> 9  # half luminance
-        colours = np.repeat(grey.astype(np.uint8)[:, None], 3, axis=1)
+        rgb = np.asarray(input_rgb)
+        grey = (rgb[:, 0].astype(np.uint32) * 77 + rgb[:, 1].astype(np.uint32) * 150
+                + rgb[:, 2].astype(np.uint32) * 29) >> 9                   # half luminance
     else:
-        colours = np.full((n, 3), 60, np.uint8)
-    for inst in seg.instances:
-        colours[inst.indices] = instance_colour(inst.id)
-    return colours
+        grey = np.full(n, 60, np.uint32)
+    packed = grey * np.uint32(0x010101)
+    if seg.instances:
+        slot = np.zeros(n, np.int64)            # 0: no instance, k: the k-th instance
+        for k, inst in enumerate(seg.instances, 1):
+            slot[inst.indices] = k
+        palette = np.array([0] + [(r << 16) | (g << 8) | b for r, g, b in map(instance_colour, (
+            inst.id for inst in seg.instances))], np.uint32)
+        packed = np.where(slot > 0, np.take(palette, slot), packed)
+    return packed
 
 
 def labeled_records(xyz: np.ndarray, seg: PointSegmentation, input_rgb: np.ndarray | None = None) -> np.ndarray:
@@ -195,9 +207,7 @@ def labeled_records(xyz: np.ndarray, seg: PointSegmentation, input_rgb: np.ndarr
         raise ValueError(f"segmentation has {len(seg)} points, the cloud {n}")
     records = np.empty(n, LABELED_CLOUD_DTYPE)
     records["x"], records["y"], records["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    colours = point_colours(seg, input_rgb).astype(np.uint32)
-    packed = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
-    records["rgb"] = packed.view(np.float32)
+    records["rgb"] = packed_point_colours(seg, input_rgb).view(np.float32)
     records["label"] = seg.class_id
     records["instance_id"] = seg.instance_id
     records["score"] = seg.score

@@ -45,11 +45,17 @@ class SegmenterPredictor:
 
 
 def expand_frames(paths: Iterable[str | Path], dataset: str) -> list[Path]:
-    """Files (and ScanNet scene folders) named by ``paths``, folders expanded, in sorted order."""
+    """Files (and ScanNet scene folders) named by ``paths``, folders expanded, in sorted order.
+
+    With ``dataset`` "auto" a folder is a ScanNet scene when it holds a ``*_vh_clean_2*.ply`` mesh,
+    and otherwise a folder of frames of any known format."""
     frames = []
     for path in map(Path, paths):
         if path.is_dir() and dataset in _EXTENSIONS:
             frames += sorted(path.glob(f"*{_EXTENSIONS[dataset]}"), key=natural_key)
+        elif path.is_dir() and dataset == "auto" and not any(path.glob("*_vh_clean_2*.ply")):
+            frames += sorted((frame for extension in _EXTENSIONS.values() for frame in path.glob(f"*{extension}")),
+                             key=natural_key)
         else:
             frames.append(path)
     return frames

@@ -30,16 +30,18 @@ def test_build_targets_instances_and_stuff():
 
 def test_loss_goes_down_and_checkpoint_loads(tmp_path):
     config = TrainConfig(class_names=["table", "object"], stuff_classes=["table"], model=TINY_MODEL,
-                         voxel_size=0.02, iterations=40, lr=1e-2, grad_clip=1.0, out_dir=str(tmp_path),
+                         voxel_size=0.02, iterations=60, lr=5e-3, grad_clip=1.0, out_dir=str(tmp_path),
                          checkpoint_every=20, device="cpu")
     torch.set_num_threads(1)
     ckpt = train(config, base=tmp_path, progress=False, scenes=_tiny_scenes(), augment=False)
     losses = [h["loss"] for h in ckpt["history"]]
+    # The loss plateaus near 33 before the queries pick the objects up; 60 steps at 5e-3 end near a
+    # third of the start whatever the float summation order (40 steps at 1e-2 did not, every time).
     assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
 
     # Official layout: model.-prefixed weights plus the criterion's no-object weight.
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 40
+    assert saved["global_step"] == 60
     assert "criterion.empty_weight" in saved["state_dict"]
     assert all(k.startswith(("model.", "criterion.")) for k in saved["state_dict"])
 
