@@ -95,7 +95,8 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, queries: Tensor, memory: Tensor, blocked: Tensor, key_pos: Tensor, query_pos: Tensor) -> Tensor:
         """Sequence-first ``[Q, 1, C]`` queries, ``[N, 1, C]`` memory, ``blocked [Q, N]`` (True = masked)."""
-        attended = self.multihead_attn(queries + query_pos, memory + key_pos, memory, attn_mask=blocked)[0]
+        attended = self.multihead_attn(queries + query_pos, memory + key_pos, memory, attn_mask=blocked,
+                                       need_weights=False)[0]
         return self.norm(queries + self.dropout(attended))
 
 
@@ -111,7 +112,7 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, queries: Tensor, query_pos: Tensor) -> Tensor:
         query_key = queries + query_pos
-        attended = self.self_attn(query_key, query_key, queries)[0]
+        attended = self.self_attn(query_key, query_key, queries, need_weights=False)[0]
         return self.norm(queries + self.dropout(attended))
 
 

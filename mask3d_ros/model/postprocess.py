@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mask3d_ros.model.neighbours import masked_components, radius_pairs, sort_with_order
+from mask3d_ros.model.neighbours import cartesian_pairs, masked_components, radius_pairs, sort_with_order
 from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
-FIRST_BATCH = 16            # queries split by DBSCAN before checking which of the rest can reach the top-k
+FIRST_BATCH = 8             # queries split by DBSCAN before checking which of the rest can reach the top-k
 
 
 def class_probabilities(pred_logits: Tensor) -> Tensor:
@@ -101,11 +101,8 @@ class Clusters:
 
     def take(self, chosen: Tensor) -> tuple[Tensor, Tensor]:
         """The rows of clusters ``chosen`` one after the other, and the position in ``chosen`` of each."""
-        sizes = self.sizes.index_select(0, chosen)
-        which = torch.repeat_interleave(sizes)
-        starts = torch.cumsum(sizes, 0) - sizes
-        position = torch.arange(len(which), device=sizes.device) - starts.index_select(0, which)
-        return self.rows.index_select(0, self.starts.index_select(0, chosen).index_select(0, which) + position), which
+        members, which = _gather_segments(self.starts, self.sizes, chosen)
+        return self.rows.index_select(0, members), which
 
     def reordered(self, chosen: Tensor) -> "Clusters":
         """The clusters ``chosen``, in that order."""
@@ -119,6 +116,16 @@ def _positives(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
         return torch.nonzero(positive, as_tuple=True)
     query, row = np.nonzero(positive.numpy())
     return torch.from_numpy(query), torch.from_numpy(row)
+
+
+def _gather_segments(starts: Tensor, sizes: Tensor, chosen: Tensor) -> tuple[Tensor, Tensor]:
+    """The indices in segments ``chosen`` (segment ``c`` is ``starts[c]`` to ``starts[c] + sizes[c]``),
+    one segment after the other, and the position in ``chosen`` of each."""
+    sizes = sizes.index_select(0, chosen)
+    which = torch.repeat_interleave(sizes)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    position = torch.arange(len(which), device=which.device) - offsets.index_select(0, which)
+    return starts.index_select(0, chosen).index_select(0, which) + position, which
 
 
 def dbscan_clusters(mask_logits: Tensor, voxel_xyz, eps: float) -> Clusters:
@@ -160,12 +167,72 @@ def _cluster_mask_scores(mask_logits: Tensor, clusters: Clusters) -> Tensor:
     return sums / (clusters.sizes.to(heat) + MASK_SCORE_EPS)
 
 
-def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> Tensor:
-    """bool ``[K, N_vox]``: row ``k`` the voxels of cluster ``chosen[k]``."""
+@dataclass(frozen=True)
+class MaskRows:
+    """``count`` candidate masks over ``num_voxels`` voxels as their members: mask ``owner[t]``
+    holds voxel ``rows[t]`` (owners non-decreasing, rows increasing within a mask). Filtering and
+    scoring work on the members, never on a dense ``[M, N_vox]`` array (64 masks over 158k voxels
+    are 10 M entries, most of them False)."""
+
+    owner: Tensor       # int64 [T]
+    rows: Tensor        # int64 [T]
+    count: int
+    num_voxels: int
+
+    @classmethod
+    def from_dense(cls, masks: Tensor) -> "MaskRows":
+        """From bool ``[M, N_vox]`` (one mask per row)."""
+        owner, rows = _nonzero_2d(masks)
+        return cls(owner, rows, masks.shape[0], masks.shape[1])
+
+    def sizes(self, voxel_weight: Tensor) -> Tensor:
+        """int64 ``[M]``: each mask's total ``voxel_weight`` (points per voxel)."""
+        return voxel_weight.new_zeros(self.count).index_add_(0, self.owner, voxel_weight.index_select(0, self.rows))
+
+    def select(self, chosen: Tensor) -> "MaskRows":
+        """The masks ``chosen``, in that order."""
+        counts = torch.bincount(self.owner, minlength=self.count)
+        members, which = _gather_segments(torch.cumsum(counts, 0) - counts, counts, chosen)
+        return MaskRows(which, self.rows.index_select(0, members), len(chosen), self.num_voxels)
+
+    def overlaps(self, voxel_weight: Tensor) -> Tensor:
+        """int64 ``[M, M]``: the total ``voxel_weight`` of the voxels two masks share."""
+        ordered, order = sort_with_order(self.rows * self.count + self.owner)     # members voxel by voxel
+        voxel, counts = torch.unique_consecutive(torch.div(ordered, self.count, rounding_mode="floor"),
+                                                 return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        first, second, run = cartesian_pairs(starts, counts, starts, counts)    # every pair of a voxel's masks
+        owner = self.owner.index_select(0, order)
+        cells = owner.index_select(0, first) * self.count + owner.index_select(0, second)
+        weight = voxel_weight.index_select(0, voxel).index_select(0, run)
+        overlap = voxel_weight.new_zeros(self.count * self.count).index_add_(0, cells, weight)
+        return overlap.view(self.count, self.count)
+
+    def first_covering(self) -> Tensor:
+        """int64 ``[N_vox]``: per voxel the first mask that covers it, or -1."""
+        first = torch.full((self.num_voxels,), self.count, dtype=torch.int64, device=self.rows.device)
+        first.scatter_reduce_(0, self.rows, self.owner, "amin")
+        return torch.where(first < self.count, first, -1)
+
+    def dense(self) -> np.ndarray:
+        """bool ``[N_vox, M]``."""
+        masks = torch.zeros((self.count, self.num_voxels), dtype=torch.bool, device=self.rows.device)
+        masks[self.owner, self.rows] = True
+        return masks.cpu().numpy().T
+
+
+def _nonzero_2d(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, column) int64 ``[P]`` of the True entries of a bool ``[A, B]``, row-major."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask, as_tuple=True)
+    first, second = np.nonzero(np.ascontiguousarray(mask.numpy()))
+    return torch.from_numpy(first), torch.from_numpy(second)
+
+
+def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> MaskRows:
+    """The masks of clusters ``chosen``, in that order."""
     rows, which = clusters.take(chosen)
-    binary = torch.zeros((len(chosen), num_voxels), dtype=torch.bool, device=rows.device)
-    binary[which, rows] = True
-    return binary
+    return MaskRows(which, rows, len(chosen), num_voxels)
 
 
 def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float, k: int,
@@ -209,28 +276,14 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
     return merged.reordered(order), torch.cat(scores).index_select(0, order)
 
 
-def _first_covering(masks: Tensor) -> Tensor:
-    """Per voxel of bool ``[M, N]`` masks (one per row): the first mask that covers it, or -1."""
-    if masks.shape[0] == 0:
-        return torch.full((masks.shape[1],), -1, dtype=torch.int64, device=masks.device)
-    covered, first = masks.to(torch.uint8).max(0)       # max returns the first maximal index
-    return torch.where(covered > 0, first, -1)
-
-
-def _weight_dtype(voxel_weight: Tensor) -> torch.dtype:
-    """float32 sums integer weights exactly while their total stays below ``2 ** 24``."""
-    return torch.float32 if int(voxel_weight.sum()) < 2 ** 24 else torch.float64
-
-
-def _suppress_duplicates(masks: Tensor, voxel_weight: Tensor, iou_threshold: float) -> np.ndarray:
-    """Keep-flags of score-sorted bool masks ``[M, N]``: drop each mask whose point IoU with a kept,
-    higher-scored mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
-    dense = masks.to(_weight_dtype(voxel_weight))
-    intersection = ((dense * voxel_weight.to(dense)) @ dense.T).double().cpu().numpy()
+def _suppress_duplicates(masks: MaskRows, voxel_weight: Tensor, iou_threshold: float) -> np.ndarray:
+    """Keep-flags of score-sorted masks: drop each mask whose point IoU with a kept, higher-scored
+    mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
+    intersection = masks.overlaps(voxel_weight).cpu().numpy().astype(np.float64)
     size = np.diag(intersection)
     iou = intersection / np.maximum(size[:, None] + size[None, :] - intersection, 1e-12)
-    keep = np.ones(masks.shape[0], dtype=bool)
-    for j in range(1, masks.shape[0]):
+    keep = np.ones(masks.count, dtype=bool)
+    for j in range(1, masks.count):
         keep[j] = not (iou[j, :j][keep[:j]] > iou_threshold).any()
     return keep
 
@@ -240,34 +293,35 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
             duplicate_iou: float | None = None) -> VoxelSegmentation:
     """Filter (class, score, size, optionally duplicates), sort by score and assemble the result.
 
-    ``masks``: bool ``[M, N_vox]`` tensor, one candidate per row (rows are cheap to select).
+    ``masks``: the candidates as :class:`MaskRows`, or a bool ``[M, N_vox]`` tensor (one per row).
     """
-    masks = masks.to(torch.bool)
+    if not isinstance(masks, MaskRows):
+        masks = MaskRows.from_dense(masks.to(torch.bool))
+    device = masks.rows.device
     class_ids = class_ids.cpu().numpy().astype(np.int64)
     scores = scores.float().cpu().numpy()
     query_ids = query_ids.cpu().numpy().astype(np.int64)
     if inverse_map is not None:
         inverse_map = np.asarray(inverse_map, dtype=np.int64)
-        voxel_weight = torch.from_numpy(np.bincount(inverse_map, minlength=masks.shape[1])).to(masks.device)
+        voxel_weight = torch.from_numpy(np.bincount(inverse_map, minlength=masks.num_voxels)).to(device)
     else:
-        voxel_weight = torch.ones(masks.shape[1], dtype=torch.int64, device=masks.device)
-    dtype = _weight_dtype(voxel_weight)
-    sizes = torch.round(masks.to(dtype) @ voxel_weight.to(dtype)).long().cpu().numpy()
+        voxel_weight = torch.ones(masks.num_voxels, dtype=torch.int64, device=device)
+    sizes = masks.sizes(voxel_weight).cpu().numpy()
     keep = (scores >= score_threshold) & (sizes >= min_size) & ~np.isin(class_ids, list(exclude_classes))
     order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
     if duplicate_iou is not None and len(order):
-        order = order[_suppress_duplicates(masks[torch.from_numpy(order).to(masks.device)], voxel_weight,
+        order = order[_suppress_duplicates(masks.select(torch.from_numpy(order).to(device)), voxel_weight,
                                            duplicate_iou)]
-    kept = masks[torch.from_numpy(order).to(masks.device)]
+    kept = masks.select(torch.from_numpy(order).to(device))
     class_ids, scores, query_ids = class_ids[order], scores[order], query_ids[order]
     if voxel_instance is None:
-        voxel_instance = _first_covering(kept).cpu().numpy()    # instances are sorted: the highest scored one
+        voxel_instance = kept.first_covering().cpu().numpy()    # instances are sorted: the highest scored one
     else:
         rank = np.full(len(keep) + 1, -1, dtype=np.int64)     # rank[-1] = -1 keeps unassigned voxels
         rank[order] = np.arange(len(order))
         voxel_instance = rank[voxel_instance]
     label_ids = class_ids.copy() if class_to_label is None else np.asarray(class_to_label, np.int64)[class_ids]
-    return VoxelSegmentation(mode, kept.cpu().numpy().T, class_ids, label_ids, scores, query_ids,
+    return VoxelSegmentation(mode, kept.dense(), class_ids, label_ids, scores, query_ids,
                              voxel_instance.astype(np.int64), inverse_map)
 
 
@@ -364,6 +418,7 @@ def panoptic_inference(pred_logits: Tensor, pred_masks: Tensor, *, score_thresho
     keep = (region_size > 0) & (region_size >= overlap_threshold * own.sum(0))
     regions, candidates, heat = regions[:, keep], candidates[keep], heat[:, keep]
     scores = best_prob[candidates] * (heat * regions).sum(0) / regions.sum(0)
-    return _finish("panoptic", regions.T, best_class[candidates], scores, candidates,
-                   voxel_instance=_first_covering(regions.T).cpu().numpy(), min_size=min_size,
+    regions = MaskRows.from_dense(regions.T)
+    return _finish("panoptic", regions, best_class[candidates], scores, candidates,
+                   voxel_instance=regions.first_covering().cpu().numpy(), min_size=min_size,
                    class_to_label=class_to_label, inverse_map=inverse_map)
