@@ -179,11 +179,9 @@ class MaskRows:
     count: int
     num_voxels: int
 
-    @classmethod
-    def from_dense(cls, masks: Tensor) -> "MaskRows":
-        """From bool ``[M, N_vox]`` (one mask per row)."""
-        owner, rows = _nonzero_2d(masks)
-        return cls(owner, rows, masks.shape[0], masks.shape[1])
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
 
     def sizes(self, voxel_weight: Tensor) -> Tensor:
         """int64 ``[M]``: each mask's total ``voxel_weight`` (points per voxel)."""
@@ -221,12 +219,67 @@ class MaskRows:
         return masks.cpu().numpy().T
 
 
-def _nonzero_2d(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(row, column) int64 ``[P]`` of the True entries of a bool ``[A, B]``, row-major."""
-    if mask.device.type != "cpu":
-        return torch.nonzero(mask, as_tuple=True)
-    first, second = np.nonzero(np.ascontiguousarray(mask.numpy()))
-    return torch.from_numpy(first), torch.from_numpy(second)
+@dataclass(frozen=True)
+class DenseMasks:
+    """Candidate masks as rows of a bool ``[B, N_vox]`` array: candidate ``m`` is row ``index[m]``,
+    with :class:`MaskRows`' methods. For masks that cover much of the scene (no DBSCAN, semantic and
+    panoptic readings), where members would not be fewer than the entries; the candidates of one
+    query (one per class) share its row, so nothing is computed twice."""
+
+    base: Tensor        # bool [B, N_vox]
+    index: Tensor       # int64 [M]
+
+    @classmethod
+    def of(cls, masks: Tensor) -> "DenseMasks":
+        """One candidate per row of bool ``masks [M, N_vox]``."""
+        return cls(masks, torch.arange(masks.shape[0], device=masks.device))
+
+    @property
+    def count(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_voxels(self) -> int:
+        return self.base.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def _used(self) -> tuple["DenseMasks", Tensor]:
+        """The same candidates over only the rows they use, and the position of each used row."""
+        used, index = torch.unique(self.index, return_inverse=True)
+        return DenseMasks(self.base.index_select(0, used), index), used
+
+    def _weights(self, voxel_weight: Tensor) -> Tensor:
+        # float32 sums integer weights exactly while their total stays below 2 ** 24
+        return voxel_weight.to(torch.float32 if int(voxel_weight.sum()) < 2 ** 24 else torch.float64)
+
+    def sizes(self, voxel_weight: Tensor) -> Tensor:
+        weight = self._weights(voxel_weight)
+        return torch.round(self.base.to(weight.dtype) @ weight).long().index_select(0, self.index)
+
+    def select(self, chosen: Tensor) -> "DenseMasks":
+        return DenseMasks(self.base, self.index.index_select(0, chosen))
+
+    def overlaps(self, voxel_weight: Tensor) -> Tensor:
+        compact, _ = self._used()
+        weight = self._weights(voxel_weight)
+        dense = compact.base.to(weight.dtype)
+        rows = torch.round((dense * weight) @ dense.T).long().index_select(0, compact.index)
+        return rows.index_select(1, compact.index)
+
+    def first_covering(self) -> Tensor:
+        if self.count == 0:
+            return torch.full((self.num_voxels,), -1, dtype=torch.int64, device=self.device)
+        first_use = torch.full((len(self.base),), self.count, dtype=torch.int64, device=self.device)
+        first_use.scatter_reduce_(0, self.index, torch.arange(self.count, device=self.device), "amin")
+        rows = torch.sort(first_use).indices[: int((first_use < self.count).sum())]   # used rows, first use first
+        covered, first = self.base.index_select(0, rows).to(torch.uint8).max(0)     # the first maximal index
+        return torch.where(covered > 0, first_use.index_select(0, rows.index_select(0, first)), -1)
+
+    def dense(self) -> np.ndarray:
+        return self.base.index_select(0, self.index).cpu().numpy().T
 
 
 def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> MaskRows:
@@ -276,7 +329,7 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
     return merged.reordered(order), torch.cat(scores).index_select(0, order)
 
 
-def _suppress_duplicates(masks: MaskRows, voxel_weight: Tensor, iou_threshold: float) -> np.ndarray:
+def _suppress_duplicates(masks: MaskRows | DenseMasks, voxel_weight: Tensor, iou_threshold: float) -> np.ndarray:
     """Keep-flags of score-sorted masks: drop each mask whose point IoU with a kept, higher-scored
     mask exceeds ``iou_threshold`` (the official ``filter_out_instances`` option)."""
     intersection = masks.overlaps(voxel_weight).cpu().numpy().astype(np.float64)
@@ -293,11 +346,9 @@ def _finish(mode, masks, class_ids, scores, query_ids, *, voxel_instance=None, s
             duplicate_iou: float | None = None) -> VoxelSegmentation:
     """Filter (class, score, size, optionally duplicates), sort by score and assemble the result.
 
-    ``masks``: the candidates as :class:`MaskRows`, or a bool ``[M, N_vox]`` tensor (one per row).
+    ``masks``: the candidates as :class:`MaskRows` or :class:`DenseMasks`.
     """
-    if not isinstance(masks, MaskRows):
-        masks = MaskRows.from_dense(masks.to(torch.bool))
-    device = masks.rows.device
+    device = masks.device
     class_ids = class_ids.cpu().numpy().astype(np.int64)
     scores = scores.float().cpu().numpy()
     query_ids = query_ids.cpu().numpy().astype(np.int64)
@@ -362,7 +413,7 @@ def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 1
     class_prob, flat = ranked[:k], flat[:k]
     candidate = flat // num_classes
     if clusters is None:
-        binary = masks.T.index_select(0, candidate) > 0
+        binary = DenseMasks((masks > 0).T.contiguous(), candidate.to(masks.device))
     else:
         binary = _cluster_masks(clusters, candidate.to(masks.device), masks.shape[0])
     return _finish("instance", binary, flat % num_classes, class_prob * mask_score[candidate],
@@ -384,7 +435,7 @@ def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *, class_to_labe
     masks = classes[:, None] == voxel_class[None, :]
     scores = (voxel_score[None, :] * masks).sum(1) / masks.sum(1)
     segment = torch.searchsorted(classes, voxel_class)
-    return _finish("semantic", masks, classes, scores, torch.full_like(classes, -1),
+    return _finish("semantic", DenseMasks.of(masks), classes, scores, torch.full_like(classes, -1),
                    voxel_instance=segment.cpu().numpy(), class_to_label=class_to_label, inverse_map=inverse_map)
 
 
@@ -418,7 +469,7 @@ def panoptic_inference(pred_logits: Tensor, pred_masks: Tensor, *, score_thresho
     keep = (region_size > 0) & (region_size >= overlap_threshold * own.sum(0))
     regions, candidates, heat = regions[:, keep], candidates[keep], heat[:, keep]
     scores = best_prob[candidates] * (heat * regions).sum(0) / regions.sum(0)
-    regions = MaskRows.from_dense(regions.T)
+    regions = DenseMasks.of(regions.T.contiguous())
     return _finish("panoptic", regions, best_class[candidates], scores, candidates,
                    voxel_instance=regions.first_covering().cpu().numpy(), min_size=min_size,
                    class_to_label=class_to_label, inverse_map=inverse_map)

@@ -11,6 +11,8 @@ from mask3d_ros.model import postprocess
 from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.neighbours import radius_pairs
 from mask3d_ros.model.postprocess import (
+    DenseMasks,
+    MaskRows,
     class_probabilities,
     dbscan_clusters,
     dbscan_split,
@@ -363,3 +365,21 @@ def test_smoothing_inside_the_instance_reading_equals_smoothing_first():
                                voxel_xyz=xyz)
     np.testing.assert_array_equal(inside.masks, first.masks)
     np.testing.assert_allclose(inside.scores, first.scores, rtol=1e-6)
+
+
+def test_dense_and_member_masks_agree():
+    """Candidates as dense rows (shared by the classes of one query) and as member lists give the
+    same sizes, overlaps, first covering mask and dense result, before and after a selection."""
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(rng.random((6, 500)) < 0.3)
+    index = torch.tensor([4, 0, 4, 2, 5, 0, 1])
+    dense = DenseMasks(base, index)
+    owner, rows = torch.nonzero(base.index_select(0, index), as_tuple=True)
+    members = MaskRows(owner, rows, len(index), base.shape[1])
+    weight = torch.from_numpy(rng.integers(1, 5, base.shape[1]))
+    for chosen in (torch.arange(len(index)), torch.tensor([3, 1, 6, 2])):
+        a, b = dense.select(chosen), members.select(chosen)
+        assert torch.equal(a.sizes(weight), b.sizes(weight))
+        assert torch.equal(a.overlaps(weight), b.overlaps(weight))
+        assert torch.equal(a.first_covering(), b.first_covering())
+        np.testing.assert_array_equal(a.dense(), b.dense())
