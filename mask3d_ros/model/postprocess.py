@@ -114,7 +114,7 @@ def _positives(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
     positive = (mask_logits > 0).T
     if positive.device.type != "cpu":
         return torch.nonzero(positive, as_tuple=True)
-    query, row = np.nonzero(positive.numpy())
+    query, row = np.nonzero(positive.contiguous().numpy())
     return torch.from_numpy(query), torch.from_numpy(row)
 
 
