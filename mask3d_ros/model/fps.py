@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mask3d_ros.model.neighbours import on_host
+
 MAX_THREADS = 512           # pointnet2's TOTAL_THREADS
 ORIGIN_EPS = 1e-3           # the kernel's ``mag <= 1e-3`` skip
 INITIAL_DIST = 1e10         # the kernel's initial running minimum
@@ -61,7 +63,7 @@ def furthest_point_sample(coords: torch.Tensor, num_samples: int, rule: str = "c
     device = xyz.device
     rank = tie_rank(num_points, rule, device)
     candidate = (xyz * xyz).sum(1) > ORIGIN_EPS
-    if device.type == "cpu":    # numpy's per-call cost is a tenth of torch's, and this loop is all calls
+    if on_host(xyz):    # numpy's per-call cost is a tenth of torch's, and this loop is all calls
         return torch.from_numpy(_sample(xyz.numpy(), rank.numpy(), candidate.numpy(), num_samples))
     never_picked = torch.iinfo(torch.int64).max
     min_dist = torch.full((num_points,), INITIAL_DIST, dtype=torch.float32, device=device)

@@ -35,9 +35,18 @@ FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) f
 """The 13 cell offsets that meet every unordered pair of adjacent (26-connected) cells once."""
 
 
+HOST_LIBRARIES = True
+"""Let numpy and scipy do the work on CPU tensors; False runs the torch code a GPU runs (tests)."""
+
+
+def on_host(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is on the CPU and numpy and scipy may work on it."""
+    return HOST_LIBRARIES and tensor.device.type == "cpu"
+
+
 def sort_with_order(keys: Tensor) -> tuple[Tensor, Tensor]:
     """``torch.sort(keys, stable=True)`` of int64 ``[N]``: the sorted keys and the stable order."""
-    result = packed_argsort(keys.numpy()) if keys.device.type == "cpu" else None
+    result = packed_argsort(keys.numpy()) if on_host(keys) else None
     if result is None:
         return torch.sort(keys, stable=True)
     return torch.from_numpy(result[0]), torch.from_numpy(result[1])
@@ -45,7 +54,7 @@ def sort_with_order(keys: Tensor) -> tuple[Tensor, Tensor]:
 
 def flat_nonzero(mask: Tensor) -> Tensor:
     """int64 indices of the True entries of a bool ``[N]`` (numpy's is several times faster on the CPU)."""
-    if mask.device.type != "cpu":
+    if not on_host(mask):
         return torch.nonzero(mask)[:, 0]
     return torch.from_numpy(np.flatnonzero(mask.numpy()))
 
@@ -159,7 +168,7 @@ def connected_components(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     """int64 ``[num_nodes]``: per node the smallest node index of its component in the undirected
     graph with edges ``src[e] - dst[e]``. On the CPU scipy's graph traversal labels the components;
     on a GPU, hooking and pointer jumping."""
-    if src.device.type == "cpu":
+    if on_host(src):
         graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src.numpy(), dst.numpy())), shape=(num_nodes,) * 2)
         label = torch.from_numpy(csgraph.connected_components(graph, directed=False)[1].astype(np.int64))
         smallest = torch.full((num_nodes,), num_nodes, dtype=torch.int64)
@@ -185,7 +194,7 @@ def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
     """Per target its index in the sorted unique ``sorted_keys``, or -1 where it is absent."""
     if len(sorted_keys) == 0:
         return torch.full_like(targets, -1)
-    if sorted_keys.device.type == "cpu":
+    if on_host(sorted_keys):
         keys, wanted = sorted_keys.numpy(), targets.numpy()
         found = np.searchsorted(keys, wanted)
         np.minimum(found, len(keys) - 1, out=found)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mask3d_ros.model.neighbours import cartesian_pairs, masked_components, radius_pairs, sort_with_order
+from mask3d_ros.model.neighbours import cartesian_pairs, masked_components, on_host, radius_pairs, sort_with_order
 from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
@@ -112,7 +112,7 @@ class Clusters:
 def _positives(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
     """(query, row) int64 ``[P]`` of the positive entries of ``[N_vox, Q]`` logits, query-major, rows increasing."""
     positive = (mask_logits > 0).T
-    if positive.device.type != "cpu":
+    if not on_host(positive):
         return torch.nonzero(positive, as_tuple=True)
     query, row = np.nonzero(positive.contiguous().numpy())
     return torch.from_numpy(query), torch.from_numpy(row)

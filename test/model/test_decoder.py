@@ -8,6 +8,7 @@ from conftest import require_shared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mask3d_ros.model import neighbours
 from mask3d_ros.model.decoder import CrossAttentionLayer, DegenerateSceneError, Mask3D, Mask3DConfig
 from mask3d_ros.model.fps import furthest_point_sample
 from mask3d_ros.model.position_encoding import FourierPositionEncoding
@@ -55,8 +56,11 @@ def kernel_fps(coords: np.ndarray, num_samples: int) -> list[int]:
 def test_fps_matches_the_cuda_kernel_including_ties(n, span, num_samples, seed):
     # tiny coordinate ranges make ties (and origin points) common
     coords = np.random.default_rng(seed).integers(-span, span + 1, size=(n, 3))
-    got = furthest_point_sample(torch.from_numpy(coords), num_samples).tolist()
-    assert got == kernel_fps(coords, num_samples)
+    expected = kernel_fps(coords, num_samples)
+    assert furthest_point_sample(torch.from_numpy(coords), num_samples).tolist() == expected
+    with pytest.MonkeyPatch.context() as patch:      # the torch loop a GPU runs
+        patch.setattr(neighbours, "HOST_LIBRARIES", False)
+        assert furthest_point_sample(torch.from_numpy(coords), num_samples).tolist() == expected
 
 
 def test_fps_block_reduction_is_not_lowest_index():

@@ -7,7 +7,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from mask3d_ros.data.datasets import load_mosd
-from mask3d_ros.model import postprocess
+from mask3d_ros.model import neighbours, postprocess
 from mask3d_ros.model.files import bundled_checkpoint
 from mask3d_ros.model.neighbours import radius_pairs
 from mask3d_ros.model.postprocess import (
@@ -383,3 +383,21 @@ def test_dense_and_member_masks_agree():
         assert torch.equal(a.overlaps(weight), b.overlaps(weight))
         assert torch.equal(a.first_covering(), b.first_covering())
         np.testing.assert_array_equal(a.dense(), b.dense())
+
+
+def test_the_torch_code_a_gpu_runs_gives_the_same_result_on_the_cpu(monkeypatch):
+    """On the CPU numpy and scipy do the sorting, lookups and components; the torch code that runs on
+    a GPU (hooking and pointer jumping, torch sorts and searches) must give the same split."""
+    xyz, masks = random_scene(5, queries=12)
+    rgb = np.random.default_rng(5).integers(0, 256, xyz.shape).astype(np.uint8)
+    logits = torch.from_numpy(np.random.default_rng(6).normal(0, 2, (12, 3)).astype(np.float32))
+    results = []
+    for host in (True, False):
+        monkeypatch.setattr(neighbours, "HOST_LIBRARIES", host)
+        graph = smoothing_graph(xyz, rgb, 0.03, 0.1)
+        results.append(instance_inference(logits, masks, topk=20, dbscan_eps=0.05, voxel_xyz=xyz,
+                                          smoothing=graph, duplicate_iou=0.5))
+        assert sorted(zip(*map(torch.Tensor.tolist, radius_pairs(torch.from_numpy(xyz), 0.05)))) == \
+            sorted(map(tuple, np.sort(cKDTree(xyz).query_pairs(0.05, output_type="ndarray"), 1).tolist()))
+    np.testing.assert_array_equal(results[0].masks, results[1].masks)
+    np.testing.assert_allclose(results[0].scores, results[1].scores, rtol=1e-5)
