@@ -30,6 +30,7 @@ from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
 FIRST_BATCH = 8             # queries split by DBSCAN before checking which of the rest can reach the top-k
+SPLIT_AT_ONCE = 40_000      # fewer positive (voxel, query) entries: one split of every query costs less than rounds
 
 
 def class_probabilities(pred_logits: Tensor) -> Tensor:
@@ -302,6 +303,8 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
     ranked = torch.sort(best, descending=True, stable=True).indices.to(masks.device)
     sources, clusters, scores = [], [], []
     done, batch = 0, FIRST_BATCH
+    if masks.numel() <= 50 * SPLIT_AT_ONCE and int((masks > 0).sum()) <= SPLIT_AT_ONCE:    # cheap to count
+        batch = len(ranked)
     while done < len(ranked):
         queries = ranked[done:done + batch]
         done += len(queries)

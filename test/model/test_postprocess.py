@@ -339,6 +339,9 @@ def test_only_queries_that_can_reach_the_top_k_are_split(seed, monkeypatch):
     split_queries = []
     monkeypatch.setattr(postprocess, "dbscan_clusters",
                         lambda m, *a: split_queries.append(m.shape[1]) or dbscan_clusters(m, *a))
+    instance_inference(logits, compact, topk=5, dbscan_eps=0.4, voxel_xyz=xyz)
+    assert split_queries == [40]                    # a small scene: every query in one split
+    monkeypatch.setattr(postprocess, "SPLIT_AT_ONCE", 0)
     for masks, eps in ((speckled, 0.05), (compact, 0.4)):
         for topk in (1, 5, 20, 60, 200):
             split_queries.clear()
