@@ -248,7 +248,7 @@ class DenseMasks:
         return self.base.device
 
     def _used(self) -> tuple["DenseMasks", Tensor]:
-        """The same candidates over only the rows they use, and the position of each used row."""
+        """The same candidates over only the rows they use, and which rows of ``base`` those are."""
         used, index = torch.unique(self.index, return_inverse=True)
         return DenseMasks(self.base.index_select(0, used), index), used
 
