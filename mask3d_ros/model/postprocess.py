@@ -289,10 +289,11 @@ def _cluster_masks(clusters: Clusters, chosen: Tensor, num_voxels: int) -> MaskR
     return MaskRows(which, rows, len(chosen), num_voxels)
 
 
-def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float, k: int,
+def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float, k: int | None,
                      smoothing: Tensor | None) -> tuple[Clusters, Tensor]:
     """The DBSCAN clusters (as :func:`dbscan_clusters` numbers them) and their mask scores, of the
-    queries whose clusters can be among the ``k`` best (cluster, class) pairs.
+    queries whose clusters can be among the ``k`` best (cluster, class) pairs (every query's with
+    ``k`` None).
 
     Queries are split in batches, in order of their best class probability, until ``k`` pairs are
     more probable than any query left: the rest cannot reach the top ``k``, so their masks are
@@ -303,8 +304,8 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
     ranked = torch.sort(best, descending=True, stable=True).indices.to(masks.device)
     sources, clusters, scores = [], [], []
     done, batch = 0, FIRST_BATCH
-    if masks.numel() <= 50 * SPLIT_AT_ONCE and int((masks > 0).sum()) <= SPLIT_AT_ONCE:    # cheap to count
-        batch = len(ranked)
+    if k is None or (masks.numel() <= 50 * SPLIT_AT_ONCE and int((masks > 0).sum()) <= SPLIT_AT_ONCE):
+        batch = len(ranked)     # (a small scene's positives are cheap to count)
     while done < len(ranked):
         queries = ranked[done:done + batch]
         done += len(queries)
@@ -315,6 +316,8 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
         scores.append(_cluster_mask_scores(columns, found))
         sources.append(queries.index_select(0, found.source))
         clusters.append(found)
+        if done == len(ranked):
+            break
         values = prob.index_select(0, torch.cat(sources).to(prob.device)).flatten()
         if len(values) < k:
             batch = len(ranked)                 # too few pairs yet: every query left
@@ -401,8 +404,8 @@ def instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, topk: int = 1
         if voxel_xyz is None:
             raise ValueError("DBSCAN splitting needs voxel_xyz")
         xyz = torch.as_tensor(voxel_xyz, device=masks.device)
-        every = prob.shape[0] * prob.shape[1]       # topk -1: every query's clusters count
-        clusters, mask_score = _ranked_clusters(masks, prob, xyz, dbscan_eps, every if topk == -1 else topk, smoothing)
+        clusters, mask_score = _ranked_clusters(masks, prob, xyz, dbscan_eps, None if topk == -1 else topk,
+                                                smoothing)     # topk -1: k is every query's cluster count
         source_query = clusters.source
         prob = prob[source_query.to(prob.device)]
     else:

@@ -356,6 +356,10 @@ def test_only_queries_that_can_reach_the_top_k_are_split(seed, monkeypatch):
                 assert split_queries == [8]
             if masks is compact and topk == 200:    # more pairs wanted than 8 queries give: every query
                 assert sum(split_queries) == 40
+    # topk -1 keeps as many pairs as there are clusters, so every query is split however many the first give
+    result = instance_inference(logits, speckled, topk=-1, dbscan_eps=0.05, voxel_xyz=xyz)
+    rows, scores = every_query_split(logits, speckled, xyz, 0.05, len(dbscan_clusters(speckled, xyz, 0.05).sizes))
+    assert result.num_instances == len(rows)
 
 
 def test_smoothing_inside_the_instance_reading_equals_smoothing_first():
