@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mask3d_ros.model.sorting import stable_argsort
+from mask3d_ros.model.sorting import packed_argsort, stable_argsort
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-_INT64_MAX = 2 ** 63 - 1
 KEY_BITS = 21
 KEY_LIMIT = 1 << (KEY_BITS - 1)
 """Absolute keys hold voxel coordinates in [-KEY_LIMIT, KEY_LIMIT) on each axis."""
@@ -46,35 +45,29 @@ def _voxel_coords(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, in
     return scaled.astype(np.int32), int(low), int(high)
 
 
-def _packed_keys(coords: np.ndarray, index_bits: int) -> np.ndarray | None:
-    """Per point ``voxel key << index_bits | point index`` as int64, or None if it would overflow.
-
-    Keys are equal iff the voxels are, and the point index in the low bits makes plain sorting
-    stable: within a voxel the earliest point comes first.
-    """
-    columns = [coords[:, axis] for axis in range(3)]  # per-column reductions: axis=0 is ~15x slower
-    low = [int(column.min()) for column in columns]
-    extent = [int(column.max()) - start + 1 for column, start in zip(columns, low)]
-    if (extent[0] * extent[1] * extent[2]) << index_bits > _INT64_MAX:
+def _box_keys(columns) -> np.ndarray | None:
+    """int64 keys of integer triples (three integer arrays, x y z) in lexicographic order,
+    renumbered within their bounding box: as few bits as the box needs, so that a sort can carry
+    the index beside them (:func:`~mask3d_ros.model.sorting.packed_argsort`); None when the box
+    holds 2^62 cells or more."""
+    lows = [int(column.min()) for column in columns]     # per-column reductions: axis=0 is ~15x slower
+    spans = [int(column.max()) - low + 1 for column, low in zip(columns, lows)]
+    if spans[0] * spans[1] * spans[2] >= 2 ** 62:
         return None
-    keys = columns[0] - np.int64(low[0])
-    for column, start, size in zip(columns[1:], low[1:], extent[1:]):
-        keys *= size
-        keys += column - np.int64(start)
-    keys <<= index_bits
-    keys |= np.arange(len(keys))
+    keys = columns[0] - np.int64(lows[0])
+    for column, low, span in zip(columns[1:], lows[1:], spans[1:]):
+        keys *= span
+        keys += column - np.int64(low)
     return keys
 
 
 def _sorted_groups(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Points ordered by voxel, earliest first within a voxel, and where each voxel's run starts."""
-    index_bits = max(1, (len(coords) - 1).bit_length())
-    keys = _packed_keys(coords, index_bits)
-    if keys is not None:
-        keys.sort()  # unique values: any sort is stable; np.sort is ~3x faster than argsort
-        order = keys & ((1 << index_bits) - 1)
-        keys >>= index_bits
-        changes = keys[1:] != keys[:-1]
+    keys = _box_keys([coords[:, axis] for axis in range(3)])
+    result = None if keys is None else packed_argsort(keys)
+    if result is not None:
+        ordered, order = result
+        changes = ordered[1:] != ordered[:-1]
     else:
         order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0]))  # lexsort is stable
         sorted_coords = coords[order]
@@ -117,15 +110,10 @@ def _first_occurrence_groups(coords: np.ndarray, low: int, high: int) -> tuple[n
     if 2 * len(heads) > count:
         heads = None
     runs = count if heads is None else len(heads)
-    if keys is not None:  # uint32 cube keys, exact: sort (key << run bits | run) as int64
-        index_bits = max(1, (runs - 1).bit_length())
-        packed = (keys if heads is None else keys[heads]).astype(np.int64)
-        packed <<= index_bits
-        packed |= np.arange(runs)
-        packed.sort()  # unique values: any sort is stable; np.sort is ~3x faster than argsort
-        order = packed & ((1 << index_bits) - 1)
-        packed >>= index_bits
-        starts = np.concatenate(([True], packed[1:] != packed[:-1]))
+    result = None if keys is None else packed_argsort((keys if heads is None else keys[heads]).astype(np.int64))
+    if result is not None:  # uint32 cube keys, exact
+        ordered, order = result
+        starts = np.concatenate(([True], ordered[1:] != ordered[:-1]))
     else:
         order, starts = _sorted_groups(coords if heads is None else coords[heads])
     group = np.empty(runs, np.int64)
@@ -213,20 +201,11 @@ def first_per_key(keys: np.ndarray) -> np.ndarray:
     """Sorted indices of the first occurrence of every distinct :func:`grid_keys` key."""
     if len(keys) < 2:
         return np.arange(len(keys), dtype=np.int64)
-    order = stable_argsort(_box_keys(keys))
+    mask = (1 << KEY_BITS) - 1
+    box = _box_keys([keys >> (2 * KEY_BITS), (keys >> KEY_BITS) & mask, keys & mask])
+    order = stable_argsort(keys if box is None else box)
     ordered = keys[order]
     first = order[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
     first.sort()
     return first
 
-
-def _box_keys(keys: np.ndarray) -> np.ndarray:
-    """:func:`grid_keys` keys renumbered within the voxels' bounding box, in the same order: a few
-    tens of bits instead of 63, so that a sort can carry the index beside them."""
-    mask = (1 << KEY_BITS) - 1
-    parts = [keys >> (2 * KEY_BITS), (keys >> KEY_BITS) & mask, keys & mask]
-    lows = [int(part.min()) for part in parts]
-    spans = [int(part.max()) - low + 1 for part, low in zip(parts, lows)]
-    if spans[0] * spans[1] * spans[2] >= 2 ** 62:
-        return keys
-    return ((parts[0] - lows[0]) * spans[1] + (parts[1] - lows[1])) * spans[2] + (parts[2] - lows[2])

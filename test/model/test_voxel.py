@@ -109,7 +109,8 @@ def test_far_points_use_exact_fallback(monkeypatch):
     rng = np.random.default_rng(0)
     xyz = rng.uniform(-1e6, 1e6, (2000, 3)).astype(np.float32)
     xyz[1000:] = xyz[:1000] + np.float32(1e-3)  # many shared voxels
-    assert voxel._packed_keys(np.floor(xyz / np.float32(0.02)).astype(np.int32), 11) is None  # overflows int64
+    coords = np.floor(xyz / np.float32(0.02)).astype(np.int32)
+    assert voxel._box_keys([coords[:, axis] for axis in range(3)]) is None  # the box overflows int64
     assert_same(voxelize(xyz, 0.02), first_occurrence_oracle(xyz, 0.02))
     near_far_origin = (1e6 + rng.normal(size=(500, 3))).astype(np.float32)  # far but compact: keys fit
     assert_same(voxelize(near_far_origin, 0.02), first_occurrence_oracle(near_far_origin, 0.02))
