@@ -192,12 +192,13 @@ class Segmenter:
             smoothing = postprocess.smoothing_graph(voxel_xyz, voxel_rgb, preset.smooth_radius,
                                                     preset.smooth_color_sigma, masks.device)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}
+        if self.mode != "instance" and smoothing is not None:     # instance smooths only the masks it splits
+            masks = smoothing @ masks
         if self.mode == "semantic":
-            return postprocess.semantic_inference(logits, masks if smoothing is None else smoothing @ masks, **common)
+            return postprocess.semantic_inference(logits, masks, **common)
         if self.mode == "panoptic":
-            return postprocess.panoptic_inference(logits, masks if smoothing is None else smoothing @ masks,
-                                                  score_threshold=self.score_threshold, min_size=self.min_points,
-                                                  **common)
+            return postprocess.panoptic_inference(logits, masks, score_threshold=self.score_threshold,
+                                                  min_size=self.min_points, **common)
         return postprocess.instance_inference(
             logits, masks, topk=preset.topk, dbscan_eps=preset.dbscan_eps or None, voxel_xyz=voxel_xyz,
             score_threshold=self.score_threshold, min_size=self.min_points, exclude_classes=preset.exclude_classes,

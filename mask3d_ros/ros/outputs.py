@@ -81,10 +81,11 @@ class InstanceTracker:
 
     def _pairs(self, xyz: np.ndarray, instances) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
         keys, owners, sizes = [], [], {}
-        point_keys, inside = grid_keys(xyz, self.voxel_size)     # -1: a point outside the key range
-        if not inside.all():
-            point_keys = np.where(inside, 0, -1)
-            point_keys[inside] = grid_keys(xyz[inside], self.voxel_size)[0]
+        inside_keys, inside = grid_keys(xyz, self.voxel_size)
+        point_keys = inside_keys
+        if not inside.all():        # -1: a point outside the key range
+            point_keys = np.full(len(inside), -1, np.int64)
+            point_keys[inside] = inside_keys
         for inst in instances:
             k = np.unique(np.take(point_keys, inst.indices))
             k = k[k >= 0]

@@ -223,3 +223,13 @@ def test_segmenter_result_conversion():
     assert [(i.id, i.class_name, list(i.indices)) for i in seg.instances] == [(1, "box", [0, 1]),
                                                                               (2, "table", [3, 4, 5])]
     assert seg.timings_ms == {"total": 3.0}
+
+
+def test_tracker_leaves_out_points_beyond_the_key_range():
+    """A point too far for the grid keys belongs to no voxel; the rest of its instance still matches."""
+    xyz = two_blobs()
+    xyz[0] = 1e9                                      # beyond +-2^20 voxels of 5 cm
+    tracker = InstanceTracker(voxel_size=0.05)
+    first = tracker.assign(xyz, two_blob_segmentation())
+    second = tracker.assign(two_blobs(), two_blob_segmentation())
+    assert [i.id for i in second.instances] == [i.id for i in first.instances] == [1, 2]
