@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from mask3d_ros.model.files import share_directory
@@ -76,14 +76,19 @@ def fastdds_profile() -> str | None:
 
 
 @contextmanager
-def spun_graph(name: str, threads: int | None = None) -> Iterator:
+def spun_graph(name: str) -> Iterator:
     """A node of this process named ``name``, in an rclpy context of its own, spun by a
-    multi-threaded executor in a background thread; shut down on exit. rclpy's signal handlers
-    stay off: Ctrl-C raises KeyboardInterrupt in the caller."""
+    single-threaded executor in a background thread; shut down on exit. rclpy's signal handlers
+    stay off: Ctrl-C raises KeyboardInterrupt in the caller.
+
+    Single-threaded, as the node's own executor and for the same reason: rclpy's
+    ``MultiThreadedExecutor`` busy-loops while large messages arrive, and a tool that shares the
+    cores with the node it measures must not take them from it (the callbacks here only record).
+    """
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(name, context=context)
-    executor = MultiThreadedExecutor(num_threads=threads, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -359,7 +359,7 @@ def run(options: SoakOptions, root: Path) -> dict:
     command = node_command(root / PARAMS_FILE, node_parameters(POINTS_TOPIC, options.checkpoint,
                                                                 options.extra_parameters))
     _say("starting the node: " + shlex.join(command))
-    with spun_graph("mask3d_soak", threads=3) as graph:
+    with spun_graph("mask3d_soak") as graph:
         rec = Recording()
         qos = QoSProfile(depth=50)
         graph.create_subscription(PointCloud2, LABELED_CLOUD_TOPIC, rec.on_labeled, qos)
