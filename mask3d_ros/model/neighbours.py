@@ -35,6 +35,12 @@ FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) f
 """The 13 cell offsets that meet every unordered pair of adjacent (26-connected) cells once."""
 
 
+DENSE_TABLE_MIN = 2 ** 23
+DENSE_TABLE_PER_KEY = 64
+"""Lookups among cell keys go through a table indexed by key when it has at most
+``max(DENSE_TABLE_MIN, DENSE_TABLE_PER_KEY * keys)`` entries (int32: up to 32 MB for small scenes), else
+through a binary search over the sorted keys."""
+
 HOST_LIBRARIES = True
 """Let numpy and scipy do the work on CPU tensors; False runs the torch code a GPU runs (tests)."""
 
@@ -203,14 +209,35 @@ def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
     return torch.where(sorted_keys.index_select(0, found) == targets, found, -1)
 
 
+def dense_lookup(keys: Tensor, targets: Tensor, bound: int) -> Tensor:
+    """:func:`lookup` through a table of ``bound`` entries (int32 when ``len(keys) < 2 ** 31``): keys and
+    targets lie in ``[0, bound)``."""
+    dtype = torch.int32 if len(keys) < 2 ** 31 else torch.int64
+    if on_host(keys):
+        table = np.full(bound, -1, dtype=np.int32 if dtype == torch.int32 else np.int64)
+        table[keys.numpy()] = np.arange(len(keys), dtype=table.dtype)
+        return torch.from_numpy(np.take(table, targets.numpy()))
+    table = torch.full((bound,), -1, dtype=dtype, device=keys.device)
+    table[keys] = torch.arange(len(keys), dtype=dtype, device=keys.device)
+    return table.index_select(0, targets)
+
+
 def adjacent(groups: Tensor, strides: Tensor, offsets=FORWARD_OFFSETS) -> tuple[Tensor, Tensor]:
     """Pairs ``(a, b)`` of indices into the sorted unique cell keys ``groups`` (possibly
     ``query * span + cell key``) with cell ``b`` at one of ``offsets`` from cell ``a``; with the
-    default offsets each unordered pair of adjacent cells once. Offset-major order."""
+    default offsets each unordered pair of adjacent cells once. Offset-major order.
+
+    Keys and their neighbours' lie in ``[0, largest key + largest shift]`` (:func:`pack_cells`' margin):
+    where a table that long is small (small scenes), one gather a target replaces the search."""
     shifts = torch.tensor([offset_key(offset, strides) for offset in offsets], device=groups.device)
-    other = lookup(groups, (shifts[:, None] + groups[None, :]).reshape(-1))   # rows sorted: fast lookups
+    targets = (shifts[:, None] + groups[None, :]).reshape(-1)   # rows sorted: fast searches
+    bound = int(groups[-1]) + max(int(shifts.max()), 0) + 1 if len(groups) else 0
+    if bound <= max(DENSE_TABLE_MIN, DENSE_TABLE_PER_KEY * len(groups)):
+        other = dense_lookup(groups, targets, bound)
+    else:
+        other = lookup(groups, targets)
     hit = flat_nonzero(other >= 0)
-    return hit % len(groups), other.index_select(0, hit)
+    return hit % len(groups), other.index_select(0, hit).long()
 
 
 # --- components of every mask at once ------------------------------------------------------------

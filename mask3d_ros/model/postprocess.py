@@ -112,11 +112,11 @@ class Clusters:
 
 def _positives(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
     """(query, row) int64 ``[P]`` of the positive entries of ``[N_vox, Q]`` logits, query-major, rows increasing."""
-    positive = (mask_logits > 0).T
-    if not on_host(positive):
-        return torch.nonzero(positive, as_tuple=True)
-    query, row = np.nonzero(positive.contiguous().numpy())
-    return torch.from_numpy(query), torch.from_numpy(row)
+    if not on_host(mask_logits):
+        return torch.nonzero((mask_logits > 0).T, as_tuple=True)
+    flat = np.flatnonzero(mask_logits.numpy().T > 0)     # numpy: several times faster than torch here
+    query = flat // mask_logits.shape[0]
+    return torch.from_numpy(query), torch.from_numpy(flat - query * mask_logits.shape[0])
 
 
 def _gather_segments(starts: Tensor, sizes: Tensor, chosen: Tensor) -> tuple[Tensor, Tensor]:

@@ -269,6 +269,20 @@ def test_the_grid_matches_the_kd_tree_on_random_scenes(seed):
                                reference_smooth(masks, xyz, rgb, 0.03, 0.1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("table", [True, False], ids=["table", "search"])
+def test_cell_lookups_by_table_and_by_search_find_the_same_neighbours(table, monkeypatch):
+    """Small scenes look cells up in a dense table, large ones by binary search: both must give the
+    KD-tree's pairs and DBSCAN's split, on the host libraries and on the torch code a GPU runs."""
+    monkeypatch.setattr(neighbours, "DENSE_TABLE_MIN", 2 ** 40 if table else 0)
+    monkeypatch.setattr(neighbours, "DENSE_TABLE_PER_KEY", 0)
+    xyz, masks = random_scene(7, blobs=4, per_blob=200)
+    expected = set(map(tuple, np.sort(cKDTree(xyz).query_pairs(0.04, output_type="ndarray"), 1).tolist()))
+    for host in (True, False):
+        monkeypatch.setattr(neighbours, "HOST_LIBRARIES", host)
+        assert set(zip(*map(torch.Tensor.tolist, radius_pairs(torch.from_numpy(xyz), 0.04)))) == expected
+        assert_same_split(masks, xyz, 0.05)
+
+
 def test_pairs_exactly_eps_apart_and_far_from_the_origin_are_decided_as_the_kd_tree_decides():
     """Points on a 1 cm lattice far from the origin: many pairs sit on the radius in float32."""
     lattice = np.stack(np.meshgrid(*[np.arange(12)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.01
