@@ -7,8 +7,7 @@ squared distance in float64, summed axis by axis, ``<= radius ** 2``): float32 c
 measured in float32 and only pairs within float32 rounding of the radius are measured again in
 float64.
 
-:func:`connected_components` labels the components of a graph, each node by the smallest node
-index of its component.
+:func:`connected_components` labels the components of a graph.
 
 Sorting, sorted lookups and index lists dominate. On the CPU they go through numpy, zero-copy
 (:mod:`~mask3d_ros.model.sorting`'s packed sort is a stable argsort several times faster than
@@ -38,7 +37,7 @@ FORWARD_OFFSETS = tuple((dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) f
 DENSE_TABLE_MIN = 2 ** 23
 DENSE_TABLE_PER_KEY = 64
 """Lookups among cell keys go through a table indexed by key when it has at most
-``max(DENSE_TABLE_MIN, DENSE_TABLE_PER_KEY * keys)`` entries (int32: up to 32 MB for small scenes), else
+``max(DENSE_TABLE_MIN, DENSE_TABLE_PER_KEY * keys)`` entries (up to 32 MB for small scenes), else
 through a binary search over the sorted keys."""
 
 HOST_LIBRARIES = True
@@ -171,15 +170,13 @@ def radius_pairs(xyz: Tensor, radius: float) -> tuple[Tensor, Tensor]:
 
 
 def connected_components(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
-    """int64 ``[num_nodes]``: per node the smallest node index of its component in the undirected
-    graph with edges ``src[e] - dst[e]``. On the CPU scipy's graph traversal labels the components;
-    on a GPU, hooking and pointer jumping."""
+    """int64 ``[num_nodes]``: a label in ``[0, num_nodes)`` per node, equal for two nodes exactly when
+    they are connected in the undirected graph with edges ``src[e] - dst[e]``. On the CPU scipy's
+    graph traversal numbers the components; on a GPU, hooking and pointer jumping label each by its
+    smallest node index."""
     if on_host(src):
         graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src.numpy(), dst.numpy())), shape=(num_nodes,) * 2)
-        label = torch.from_numpy(csgraph.connected_components(graph, directed=False)[1].astype(np.int64))
-        smallest = torch.full((num_nodes,), num_nodes, dtype=torch.int64)
-        smallest.scatter_reduce_(0, label, torch.arange(num_nodes), "amin")
-        return smallest.index_select(0, label)
+        return torch.from_numpy(csgraph.connected_components(graph, directed=False)[1].astype(np.int64))
     parent = torch.arange(num_nodes, device=src.device)
     while True:
         root_src, root_dst = parent[src], parent[dst]
@@ -210,11 +207,11 @@ def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
 
 
 def dense_lookup(keys: Tensor, targets: Tensor, bound: int) -> Tensor:
-    """:func:`lookup` through a table of ``bound`` entries (int32 when ``len(keys) < 2 ** 31``): keys and
-    targets lie in ``[0, bound)``."""
-    dtype = torch.int32 if len(keys) < 2 ** 31 else torch.int64
+    """:func:`lookup` through a table of ``bound`` entries, in the narrowest integer type that holds
+    ``len(keys)`` (filling the table costs most): keys and targets lie in ``[0, bound)``."""
+    dtype = next(t for t in (torch.int16, torch.int32, torch.int64) if len(keys) < torch.iinfo(t).max)
     if on_host(keys):
-        table = np.full(bound, -1, dtype=np.int32 if dtype == torch.int32 else np.int64)
+        table = np.full(bound, -1, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
         table[keys.numpy()] = np.arange(len(keys), dtype=table.dtype)
         return torch.from_numpy(np.take(table, targets.numpy()))
     table = torch.full((bound,), -1, dtype=dtype, device=keys.device)

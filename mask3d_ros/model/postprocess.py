@@ -70,8 +70,9 @@ def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, dev
         distance = difference * difference if distance is None else distance + difference * difference
     weight = torch.exp(distance / (-2 * color_sigma ** 2))
     every = torch.arange(size, device=device)
-    keys, order = sort_with_order(torch.cat([first * size + second, second * size + first, every * (size + 1)]))
-    rows, cols = torch.div(keys, size, rounding_mode="floor"), keys % size     # edges both ways and self-loops
+    rows, cols = torch.cat([first, second, every]), torch.cat([second, first, every])   # both ways, self-loops
+    order = sort_with_order(rows * size + cols)[1]
+    rows, cols = rows.index_select(0, order), cols.index_select(0, order)
     weight = torch.cat([weight, weight, torch.ones(size, device=device)]).index_select(0, order)
     weight = weight / torch.zeros(size, device=device).index_add_(0, rows, weight).index_select(0, rows)
     crow = torch.zeros(size + 1, dtype=torch.int64, device=device)
@@ -300,12 +301,14 @@ def _ranked_clusters(masks: Tensor, prob: Tensor, voxel_xyz: Tensor, eps: float,
     neither smoothed nor split. ``masks [N_vox, Q]`` logits; ``prob [Q, K]``; ``smoothing`` the
     optional :func:`smoothing_graph`.
     """
+    if k is None or (masks.numel() <= 50 * SPLIT_AT_ONCE and int((masks > 0).sum()) <= SPLIT_AT_ONCE):
+        columns = masks if smoothing is None else smoothing @ masks    # every query at once (a small
+        found = dbscan_clusters(columns, voxel_xyz, eps)                # scene's positives are cheap to count)
+        return found, _cluster_mask_scores(columns, found)
     best = prob.max(1).values
     ranked = torch.sort(best, descending=True, stable=True).indices.to(masks.device)
     sources, clusters, scores = [], [], []
     done, batch = 0, FIRST_BATCH
-    if k is None or (masks.numel() <= 50 * SPLIT_AT_ONCE and int((masks > 0).sum()) <= SPLIT_AT_ONCE):
-        batch = len(ranked)     # (a small scene's positives are cheap to count)
     while done < len(ranked):
         queries = ranked[done:done + batch]
         done += len(queries)
