@@ -62,8 +62,8 @@ class Plan:
 
 FULL = Plan(
     codec_repeats=15, node_repeats=5,
-    model_sizes=tuple((model, voxels, repeats) for model in ("tabletop", "scannet")
-                      for voxels, repeats in ((10_000, 3), (50_000, 2), (150_000, 1))),
+    model_sizes=tuple((model, voxels, repeats) for model in ("tabletop", "scannet")   # post-stage medians:
+                      for voxels, repeats in ((10_000, 15), (50_000, 5), (150_000, 2))),   # enough runs
     minkowski_sizes=tuple((model, voxels, repeats) for model in ("tabletop", "scannet")
                           for voxels, repeats in ((10_000, 3), (50_000, 2), (150_000, 1))),
     rates=(1.0, 10.0, 30.0), rate_seconds=15.0, min_frames=15, latency_frames=22)
