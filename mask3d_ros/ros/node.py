@@ -36,7 +36,7 @@ import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -323,7 +323,7 @@ class Mask3DNode(Node):
                 continue
             values[spec.name] = spec.default if value is None else value
         self._warn_unknown_parameters()
-        return self._validated(values, problems)
+        return self._with_ranges(self._validated(values, problems))
 
     def _read_parameters(self) -> dict[str, Any]:
         """The declared parameters' current values, validated (a lifecycle node configured again)."""
@@ -334,7 +334,24 @@ class Mask3DNode(Node):
             except ParameterUninitializedException:  # a typed declaration without a value: the default
                 value = None
             values[spec.name] = spec.default if value is None else value
-        return self._validated(values, [])
+        return self._with_ranges(self._validated(values, []))
+
+    def _with_ranges(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Give each bounded numeric run-time parameter its range in the descriptor (sliders in
+        rqt_reconfigure, the range in ``ros2 param describe``); rclpy then refuses an out-of-range
+        ``ros2 param set`` itself. Only once the values are validated: rclpy would refuse an
+        out-of-range start value with its own, less specific message. Returns ``config``."""
+        for spec in params.PARAMETERS:
+            if not spec.dynamic or spec.min is None or spec.max is None or spec.type not in ("int", "float"):
+                continue
+            descriptor = self.describe_parameter(spec.name)
+            if spec.type == "float":
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
+                                                                      to_value=float(spec.max), step=0.0)]
+            else:
+                descriptor.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+            self.set_descriptor(spec.name, descriptor)
+        return config
 
     def _warn_unknown_parameters(self) -> None:
         overrides = getattr(self, "_parameter_overrides", {})  # from --params-file, -p and parameter_overrides

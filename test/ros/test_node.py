@@ -442,6 +442,19 @@ def test_lidar_uint8_intensity_and_constant_colour(harness_factory):
     assert np.all(h2.model.inputs[0][1] == [10, 20, 30])
 
 
+def test_bounded_runtime_parameters_carry_their_range_in_the_descriptor(harness_factory):
+    """rqt_reconfigure draws a slider from the descriptor's range; read-only and one-sided ones have none."""
+    node = harness_factory().node
+    threshold = node.describe_parameter("model.score_threshold").floating_point_range[0]
+    assert (threshold.from_value, threshold.to_value) == (0.0, 1.0)
+    assert node.describe_parameter("markers.alpha").floating_point_range[0].to_value == 1.0
+    assert not node.describe_parameter("accumulation.voxel_size").floating_point_range    # read-only
+    assert not node.describe_parameter("model.max_instances").integer_range                # no upper bound
+    refused = node.set_parameters([Parameter("markers.alpha", value=1.5)])[0]
+    assert not refused.successful and "out of range" in refused.reason
+    assert node.describe_parameter("markers.alpha").description.startswith("Opacity")    # kept
+
+
 def test_runtime_parameters_validated_and_applied(harness_factory):
     h = harness_factory()
     clouds = h.subscribe(PointCloud2, "/mask3d/labeled_cloud")

@@ -52,6 +52,7 @@ def test_param_describe_shows_the_declared_description_and_range(node):
     assert "Parameter name: model.score_threshold" in out and "Type: double" in out, out
     assert "Minimum instance score reported." in out, out
     assert "Additional constraints: >= 0 and <= 1" in out, out
+    assert "Min value: 0.0" in out and "Max value: 1.0" in out, "a range for rqt_reconfigure's slider"
     assert "Parameter name: markers.style" in out and "Type: string" in out, out
     assert "cube" in out and "line_list" in out, out
 
@@ -63,7 +64,7 @@ def test_param_set_at_run_time_and_refusals(node):
     done = ros2(env, "param", "get", f"/{name}", "model.score_threshold")
     assert "0.75" in done.stdout, done.stdout + done.stderr
     done = ros2(env, "param", "set", f"/{name}", "model.score_threshold", "1.5")
-    assert "Setting parameter failed: model.score_threshold: 1.5 is out of range" in done.stderr, done.stderr
+    assert "Setting parameter failed: Parameter model.score_threshold out of range" in done.stderr, done.stderr
     done = ros2(env, "param", "get", f"/{name}", "model.score_threshold")
     assert "0.75" in done.stdout, "a refused value leaves the old one"
     done = ros2(env, "param", "set", f"/{name}", "markers.style", "line_list")
