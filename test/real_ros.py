@@ -110,23 +110,10 @@ class Process:
         self._reader.join(5)
         return code
 
-    def interrupt(self, timeout: float, acknowledgement: str | None = None,
-                  resend_after: float = 5.0) -> tuple[int, float]:
-        """SIGINT (Ctrl-C) to the process only; (exit status, seconds until it exited).
-
-        With ``acknowledgement`` (what the process prints when it takes the signal), SIGINT is sent
-        once more if that text has not appeared ``resend_after`` seconds later, as a user presses
-        Ctrl-C again: ``ros2 launch`` takes signals through its asyncio loop, and in one full-suite
-        run it neither printed "user interrupted" nor stopped its node within 15 s of a SIGINT (a
-        second one is ignored only once the first was taken)."""
+    def interrupt(self, timeout: float) -> tuple[int, float]:
+        """SIGINT (Ctrl-C) to the process only; (exit status, seconds until it exited)."""
         start = time.monotonic()
         self.popen.send_signal(signal.SIGINT)
-        if acknowledgement is not None:
-            deadline = start + resend_after
-            while acknowledgement not in self.output and self.popen.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if acknowledgement not in self.output and self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGINT)
         code = self.wait(timeout)
         return code, time.monotonic() - start
 

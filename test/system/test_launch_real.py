@@ -28,8 +28,6 @@ require_overlay(module_level=True)
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-LAUNCH_SIGINT = "user interrupted with ctrl-c (SIGINT)"    # what ros2 launch logs when it takes Ctrl-C
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -96,7 +94,7 @@ def test_arguments_namespace_sim_time_and_clean_sigint(launched, graph):
         assert graph.count_publishers(f"{fqn}/instances") == 1
         process.wait_output("listening on /camera/depth/points", 30)
         time.sleep(0.5)
-        code, elapsed = process.interrupt(timeout=15, acknowledgement=LAUNCH_SIGINT)
+        code, elapsed = process.interrupt(timeout=15)
     finally:
         if process.popen.poll() is None:
             process.kill()
@@ -119,7 +117,7 @@ def test_default_parameters_file_and_bundled_model(launched, graph):
         assert values["model.preset"] == "tabletop" and values["use_sim_time"] is False
         assert values["accumulation.max_points"] == 400000, "the tabletop file's value, not the node default"
         assert "RANDOM WEIGHTS" not in process.output
-        code, _ = process.interrupt(timeout=15, acknowledgement=LAUNCH_SIGINT)
+        code, _ = process.interrupt(timeout=15)
         assert code == 0, process.output
     finally:
         if process.popen.poll() is None:
@@ -175,7 +173,7 @@ def test_lifecycle_argument_starts_the_managed_node(launched, graph):
         future = client.call_async(GetState.Request())
         wait_for(future.done, 20, "the lifecycle state")
         assert future.result().current_state.label == "unconfigured"
-        code, _ = process.interrupt(timeout=15, acknowledgement=LAUNCH_SIGINT)
+        code, _ = process.interrupt(timeout=15)
         assert code == 0, process.output
     finally:
         if process.popen.poll() is None:
