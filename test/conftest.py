@@ -6,6 +6,7 @@ those tests skip with the reason; in CI (``CI=true``) a missing ``../shared`` is
 """
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -89,7 +90,13 @@ def overlay_environment(base: dict | None = None) -> dict:
 
 
 def pytest_configure(config):
-    """Restart pytest once with the overlay active when it is built but not active here."""
+    """Let the processes the tests start take Ctrl-C; restart pytest once with the overlay active
+    when it is built but not active here."""
+    # A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+    # ignored, and every process it starts inherits that: ros2 launch, or a plain Python child, then
+    # never sees the SIGINT a test sends it (rclpy nodes install their own handler and still stop).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if "MASK3D_ROS_OVERLAY" in os.environ or not (OVERLAY / "stamp").is_file():
         return
     if "rclpy" in sys.modules or not getattr(sys, "orig_argv", None) or hasattr(config, "workerinput"):
