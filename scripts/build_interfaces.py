@@ -9,7 +9,8 @@ the venv as the ament prefix; and the installed `mask3d_ros/__init__.py` is made
 package path so the generated `mask3d_ros.msg` and the Python sources (an editable checkout)
 import as one package.
 
-Idempotent: does nothing when the interfaces were built from the same msg/ and build files.
+Idempotent: does nothing when the interfaces were built from the same msg/ and build files, and
+share/mask3d_ros/{launch,config,model} already match the tree.
 """
 from __future__ import annotations
 
@@ -108,6 +109,33 @@ def remove_installed_sources(prefix: Path) -> None:
         shutil.rmtree(egg) if egg.is_dir() else egg.unlink()
 
 
+SHARED_DIRECTORIES = ("launch", "config", "model")
+"""Installed to share/mask3d_ros with the interfaces (CMakeLists.txt); ros2 launch reads them there."""
+
+
+def mirror_shared_files(prefix: Path) -> int:
+    """Make share/mask3d_ros/{launch,config,model} the tree's: the CMake install copies them only
+    when the interfaces are rebuilt, and a stale parameters file under the prefix is what
+    ``ros2 launch`` would start the node with. Returns how many files were written or removed."""
+    changed = 0
+    for name in SHARED_DIRECTORIES:
+        source, target = REPO / name, prefix / "share" / PACKAGE / name
+        wanted = {path.relative_to(source) for path in source.rglob("*")
+                  if path.is_file() and "__pycache__" not in path.parts}
+        for relative in sorted(wanted):
+            there = target / relative
+            if not there.is_file() or there.read_bytes() != (source / relative).read_bytes():
+                there.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / relative, there)
+                changed += 1
+        if target.is_dir():
+            for path in target.rglob("*"):
+                if path.is_file() and "__pycache__" not in path.parts and path.relative_to(target) not in wanted:
+                    path.unlink()
+                    changed += 1
+    return changed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefix", type=Path, default=Path(sys.prefix), help="ROS prefix (default: this venv)")
@@ -117,12 +145,15 @@ def main() -> int:
     prefix = args.prefix.resolve()
     if not args.force and up_to_date(prefix):
         print(f"interfaces: up to date in {prefix}")
-        return 0
-    fixed = fix_exported_cmake(prefix)
-    build(prefix, args.build_dir)
-    remove_installed_sources(prefix)
-    stamp_path(prefix).write_text(sources_digest() + "\n")
-    print(f"interfaces: built and installed into {prefix} ({fixed} CMake export files fixed)")
+    else:
+        fixed = fix_exported_cmake(prefix)
+        build(prefix, args.build_dir)
+        remove_installed_sources(prefix)
+        stamp_path(prefix).write_text(sources_digest() + "\n")
+        print(f"interfaces: built and installed into {prefix} ({fixed} CMake export files fixed)")
+    mirrored = mirror_shared_files(prefix)
+    if mirrored:
+        print(f"launch/, config/, model/: {mirrored} files updated under {prefix / 'share' / PACKAGE}")
     return 0
 
 

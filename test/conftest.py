@@ -67,7 +67,7 @@ def parity_dir() -> Path:
 OVERLAY = REPO_ROOT / ".ros-overlay"
 
 
-def _in_ci() -> bool:
+def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -135,7 +135,7 @@ def require_overlay(module_level: bool = False) -> Path:
         reason = "the ROS 2 test overlay is not built: run scripts/build_ros_overlay.sh (or scripts/run_tests.sh)"
     else:
         reason = "the ROS 2 test overlay is built but not active: source scripts/overlay_env.sh"
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"CI run without the ROS 2 test overlay: {reason}")
     pytest.skip(reason, allow_module_level=module_level)
 
