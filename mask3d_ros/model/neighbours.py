@@ -119,19 +119,20 @@ def cartesian_pairs(start_a: Tensor, count_a: Tensor, start_b: Tensor,
 def within(xyz: Tensor, i: Tensor, j: Tensor, radius: float) -> Tensor:
     """bool ``[E]``: is ``|xyz[i] - xyz[j]| <= radius``, decided as scipy's KD-tree decides it."""
     columns = xyz.T.contiguous()        # [3, N]: contiguous gathers
-    squared = _squared_distance(columns, i, j)
+    squared = squared_distances(columns, i, j)
     limit = float(radius) ** 2
     inside = squared <= limit
     if xyz.dtype != torch.float64:
         band = flat_nonzero((squared - limit).abs() <= _FLOAT32_BAND * limit)
         if len(band):
-            inside[band] = _squared_distance(columns.double(), i.index_select(0, band),
+            inside[band] = squared_distances(columns.double(), i.index_select(0, band),
                                              j.index_select(0, band)) <= limit
     return inside
 
 
-def _squared_distance(columns: Tensor, i: Tensor, j: Tensor) -> Tensor:
-    """``((dx^2 + dy^2) + dz^2)`` ``[E]`` of points ``columns [3, N]``, in scipy's order."""
+def squared_distances(columns: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """``((dx^2 + dy^2) + dz^2)`` ``[E]`` between points ``i`` and ``j`` of ``columns [C, N]`` (one row
+    per coordinate, so each gather is contiguous), summed in scipy's order."""
     total = None
     for column in columns:
         diff = column.index_select(0, i) - column.index_select(0, j)

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mask3d_ros.model.neighbours import cartesian_pairs, masked_components, on_host, radius_pairs, sort_with_order
+from mask3d_ros.model.neighbours import (
+    cartesian_pairs,
+    masked_components,
+    on_host,
+    radius_pairs,
+    sort_with_order,
+    squared_distances,
+)
 from mask3d_ros.model.results import VoxelSegmentation
 
 MASK_SCORE_EPS = 1e-6       # the official denominator guard of the mean sigmoid
@@ -63,12 +70,8 @@ def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, dev
     """
     size = len(voxel_xyz)
     first, second = radius_pairs(torch.as_tensor(voxel_xyz, device=device), radius)
-    colour = (torch.as_tensor(voxel_rgb, device=device).float() / 255.0).T.contiguous()   # [3, N]: a gather per channel
-    distance = None
-    for channel in colour:
-        difference = channel.index_select(0, first) - channel.index_select(0, second)
-        distance = difference * difference if distance is None else distance + difference * difference
-    weight = torch.exp(distance / (-2 * color_sigma ** 2))
+    colour = (torch.as_tensor(voxel_rgb, device=device).float() / 255.0).T.contiguous()   # [3, N]
+    weight = torch.exp(squared_distances(colour, first, second) / (-2 * color_sigma ** 2))
     every = torch.arange(size, device=device)
     rows, cols = torch.cat([first, second, every]), torch.cat([second, first, every])   # both ways, self-loops
     order = sort_with_order(rows * size + cols)[1]
