@@ -118,27 +118,17 @@ class PointSegmentation:
         point_instance = np.asarray(point_instance, dtype=np.int64)
         class_ids = np.asarray(class_ids, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
-        n = len(point_instance)
-        seg = cls.empty(n)
-        assigned = point_instance >= 0
-        if not assigned.any():
-            seg.timings_ms = dict(timings_ms or {})
-            return seg
+        slot = point_instance + 1   # per-point values through tables indexed by instance + 1 (0: none)
+        seg = cls(np.arange(len(class_ids) + 1, dtype=np.uint32).take(slot),
+                  np.concatenate(([NO_CLASS], class_ids)).astype(np.uint32).take(slot),
+                  np.concatenate(([0.0], scores)).astype(np.float32).take(slot), timings_ms=dict(timings_ms or {}))
+        # Each instance's rows: a stable sort by instance keeps them ascending within it.
         order = np.argsort(point_instance, kind="stable")
-        order = order[assigned[order]]
-        owners = point_instance[order]
-        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for start, end in zip(starts, ends):
-            j = int(owners[start])
-            rows = order[start:end]
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(slot, minlength=len(class_ids) + 1))))
+        for j in np.flatnonzero(np.diff(bounds)[1:]).tolist():
             seg.instances.append(Instance(j + 1, int(class_ids[j]), _name(class_names, class_ids[j]),
-                                          float(scores[j]), np.sort(rows)))
-        seg.instance_id[assigned] = (point_instance[assigned] + 1).astype(np.uint32)
-        seg.class_id[assigned] = class_ids[point_instance[assigned]].astype(np.uint32)
-        seg.score[assigned] = scores[point_instance[assigned]]
+                                          float(scores[j]), order[bounds[j + 1]:bounds[j + 2]]))
         seg.instances.sort(key=lambda inst: -inst.score)
-        seg.timings_ms = dict(timings_ms or {})
         return seg
 
     def validate(self, num_points: int) -> None:

@@ -28,8 +28,3 @@ def packed_argsort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     packed += low
     return packed, order
 
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` of int64 ``keys [N]``."""
-    result = packed_argsort(keys)
-    return np.argsort(keys, kind="stable") if result is None else result[1]

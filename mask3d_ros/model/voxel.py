@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mask3d_ros.model.sorting import packed_argsort, stable_argsort
+from mask3d_ros.model.sorting import packed_argsort
 
 _INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 KEY_BITS = 21
 KEY_LIMIT = 1 << (KEY_BITS - 1)
 """Absolute keys hold voxel coordinates in [-KEY_LIMIT, KEY_LIMIT) on each axis."""
+_KEY_OFFSET = KEY_LIMIT * ((1 << 2 * KEY_BITS) + (1 << KEY_BITS) + 1)  # KEY_LIMIT added to every axis
 
 
 def _scaled_floor(points: np.ndarray, voxel_size: float) -> np.ndarray:
@@ -189,12 +190,27 @@ def grid_keys(xyz, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     """
     with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite points are left out below
         scaled = _scaled_floor(np.reshape(xyz, (-1, 3)), voxel_size)
-        inside = ((scaled >= -KEY_LIMIT) & (scaled < KEY_LIMIT)).all(axis=1)  # False for NaN
-    coords = (scaled if inside.all() else scaled[inside]).astype(np.int64) + KEY_LIMIT
-    keys = coords[:, 0] << (2 * KEY_BITS)
-    keys |= coords[:, 1] << KEY_BITS
-    keys |= coords[:, 2]
+        low, high = (scaled.min(), scaled.max()) if len(scaled) else (0.0, 0.0)  # NaN propagates: not inside
+        if -KEY_LIMIT <= low and high < KEY_LIMIT:    # the usual case: two contiguous reductions, no row test
+            inside = np.ones(len(scaled), bool)
+        else:
+            inside = ((scaled >= -KEY_LIMIT) & (scaled < KEY_LIMIT)).all(axis=1)
+            scaled = scaled[inside]
+    axes = scaled.T.astype(np.int64)  # [3, K]: contiguous per axis
+    keys = axes[0] * (1 << 2 * KEY_BITS)  # signed coordinates: the offsets are added once, below
+    keys += axes[1] * (1 << KEY_BITS)
+    keys += axes[2]
+    keys += _KEY_OFFSET
     return keys, inside
+
+
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique(keys)`` of a 1-D array by one sort (NumPy's ``unique`` hashes first, several
+    times slower on many distinct int64 keys)."""
+    ordered = np.sort(keys)
+    if len(ordered) < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
 def first_per_key(keys: np.ndarray) -> np.ndarray:
@@ -203,9 +219,15 @@ def first_per_key(keys: np.ndarray) -> np.ndarray:
         return np.arange(len(keys), dtype=np.int64)
     mask = (1 << KEY_BITS) - 1
     box = _box_keys([keys >> (2 * KEY_BITS), (keys >> KEY_BITS) & mask, keys & mask])
-    order = stable_argsort(keys if box is None else box)
-    ordered = keys[order]
-    first = order[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
-    first.sort()
-    return first
-
+    result = None if box is None else packed_argsort(box)
+    if result is None:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+    else:
+        ordered, order = result
+    heads = np.empty(len(keys), bool)  # the first of each key in the stable order: its first occurrence
+    heads[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=heads[1:])
+    first = np.zeros(len(keys), bool)  # marked, not sorted: increasing indices in one pass
+    first[order[heads]] = True
+    return np.flatnonzero(first)

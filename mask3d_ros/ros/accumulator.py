@@ -94,7 +94,10 @@ class RollingMap:
 
     @property
     def num_frames(self) -> int:
-        return len(np.unique(self._seqs))
+        seqs = self._seqs
+        if not len(seqs):
+            return 0
+        return int(np.count_nonzero(np.bincount(seqs - seqs.min())))  # seqs span the clouds in the window
 
     @property
     def version(self) -> int:
@@ -169,8 +172,11 @@ class RollingMap:
                 keep = first_per_key(all_keys)
             keep = keep[self._in_window(all_stamps[keep], all_seqs[keep])]
             keep = self._cap(keep, len(keys), all_stamps)
-            self._keys, self._xyz, self._rgb = all_keys[keep], _rows(all_xyz, keep), _rows(all_rgb, keep)
-            self._stamps, self._seqs = all_stamps[keep], all_seqs[keep]
+            if len(keep) < len(all_keys):  # else keep is every row, in order (the one-frame window): no copies
+                all_keys, all_xyz, all_rgb = all_keys[keep], _rows(all_xyz, keep), _rows(all_rgb, keep)
+                all_stamps, all_seqs = all_stamps[keep], all_seqs[keep]
+            self._keys, self._xyz, self._rgb = all_keys, all_xyz, all_rgb
+            self._stamps, self._seqs = all_stamps, all_seqs
             self._version += 1
             return AddResult(points_in, len(keys), len(self._keys), cleared)
 

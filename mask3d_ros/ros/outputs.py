@@ -18,7 +18,7 @@ import numpy as np
 
 from mask3d_ros import msg as mask3d_msgs
 from mask3d_ros.model.results import PointSegmentation
-from mask3d_ros.model.voxel import grid_keys
+from mask3d_ros.model.voxel import grid_keys, sorted_unique
 
 LABELED_CLOUD_DTYPE = np.dtype({
     "names": ["x", "y", "z", "rgb", "label", "instance_id", "score"],
@@ -80,20 +80,23 @@ class InstanceTracker:
         self._prev_classes: dict[int, int] = {}
 
     def _pairs(self, xyz: np.ndarray, instances) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
-        keys, owners, sizes = [], [], {}
-        inside_keys, inside = grid_keys(xyz, self.voxel_size)
+        """Sorted (voxel key, instance id) pairs of the instances' points, and each instance's voxel count."""
+        if not instances:
+            return np.empty(0, np.int64), np.empty(0, np.int64), {}
+        counts = [len(inst.indices) for inst in instances]
+        rows = np.concatenate([inst.indices for inst in instances])
+        inside_keys, inside = grid_keys(np.take(xyz, rows, axis=0), self.voxel_size)  # instance points only
         point_keys = inside_keys
         if not inside.all():        # -1: a point outside the key range
             point_keys = np.full(len(inside), -1, np.int64)
             point_keys[inside] = inside_keys
-        for inst in instances:
-            k = np.unique(np.take(point_keys, inst.indices))
+        keys, owners, sizes = [], [], {}
+        for inst, part in zip(instances, np.split(point_keys, np.cumsum(counts)[:-1])):
+            k = sorted_unique(part)
             k = k[k >= 0]
             keys.append(k)
             owners.append(np.full(len(k), inst.id, np.int64))
             sizes[inst.id] = len(k)
-        if not keys:
-            return np.empty(0, np.int64), np.empty(0, np.int64), sizes
         keys, owners = np.concatenate(keys), np.concatenate(owners)
         order = np.argsort(keys, kind="stable")
         return keys[order], owners[order], sizes

@@ -156,9 +156,10 @@ def test_memory_stays_bounded_and_voxels_unique(frames, max_frames, max_points):
     m = RollingMap(voxel_size=0.1, max_frames=max_frames, max_points=max_points)
     for i, (n, dx, dy) in enumerate(frames):
         xyz = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
-        m.add(xyz, colours(n), translation(dx, dy), i * NS_PER_S // 10)
+        m.add(xyz, np.full((n, 3), i, np.uint8), translation(dx, dy), i * NS_PER_S // 10)  # colour: the cloud
         snap = m.snapshot()
         assert len(snap) <= max_points
+        assert snap.frames == len(np.unique(snap.rgb[:, 0])), "frames counts the clouds that still hold points"
         keys, _ = grid_keys(snap.xyz, 0.1)
         assert len(np.unique(keys)) == len(keys)
         if max_frames:

@@ -233,3 +233,20 @@ def test_tracker_leaves_out_points_beyond_the_key_range():
     first = tracker.assign(xyz, two_blob_segmentation())
     second = tracker.assign(two_blobs(), two_blob_segmentation())
     assert [i.id for i in second.instances] == [i.id for i in first.instances] == [1, 2]
+
+
+def test_from_point_instances_matches_a_per_point_reading():
+    """Shuffled owners, an instance with no points: rows ascending, per-point values from the owner."""
+    point_instance = np.random.default_rng(4).choice([-1, 0, 1, 3], 500)
+    classes, scores = [1, 2, 0, 2], [0.3, 0.8, 0.5, 0.6]
+    seg = PointSegmentation.from_point_instances(point_instance, classes, scores, NAMES)
+    seg.validate(500)
+    assert [inst.id for inst in seg.instances] == [2, 4, 1], "by score; instance 3 has no points"
+    for inst in seg.instances:
+        np.testing.assert_array_equal(inst.indices, np.flatnonzero(point_instance == inst.id - 1))
+        assert (inst.class_id, inst.score) == (classes[inst.id - 1], pytest.approx(scores[inst.id - 1]))
+    owned = point_instance >= 0
+    np.testing.assert_array_equal(seg.instance_id, np.where(owned, point_instance + 1, 0))
+    np.testing.assert_array_equal(seg.class_id[~owned], NO_CLASS)
+    np.testing.assert_array_equal(seg.class_id[owned], np.take(classes, point_instance[owned]))
+    np.testing.assert_array_equal(seg.score[owned], np.take(np.float32(scores), point_instance[owned]))
