@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mask3d_ros.model import backbone as backbone_module
@@ -84,7 +85,12 @@ def _xavier_init(module: nn.Module) -> None:
 
 
 class CrossAttentionLayer(nn.Module):
-    """Post-norm masked cross-attention; keys carry the point encoding, values do not."""
+    """Post-norm masked cross-attention; keys carry the point encoding, values do not.
+
+    The memory's key and value projections depend only on the backbone level, so
+    :meth:`project_memory` computes them once per scene and every decoder pass reuses them; the
+    attention is ``nn.MultiheadAttention``'s (sequence-first, no weights returned) op for op.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -93,10 +99,31 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         _xavier_init(self)
 
-    def forward(self, queries: Tensor, memory: Tensor, blocked: Tensor, key_pos: Tensor, query_pos: Tensor) -> Tensor:
-        """Sequence-first ``[Q, 1, C]`` queries, ``[N, 1, C]`` memory, ``blocked [Q, N]`` (True = masked)."""
-        attended = self.multihead_attn(queries + query_pos, memory + key_pos, memory, attn_mask=blocked,
-                                       need_weights=False)[0]
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[L, 1, C] -> [1, heads, L, C / heads]``."""
+        heads = self.multihead_attn.num_heads
+        return x.view(x.shape[0], heads, x.shape[2] // heads).transpose(0, 1)[None]
+
+    def project_memory(self, memory: Tensor, key_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[1, heads, N, C / heads]`` of ``[N, 1, C]`` memory and its point encoding."""
+        attn = self.multihead_attn
+        _, w_k, w_v = attn.in_proj_weight.chunk(3)
+        _, b_k, b_v = attn.in_proj_bias.chunk(3)
+        return self._heads(F.linear(memory + key_pos, w_k, b_k)), self._heads(F.linear(memory, w_v, b_v))
+
+    def forward(self, queries: Tensor, keys_values: tuple[Tensor, Tensor], blocked: Tensor,
+                query_pos: Tensor) -> Tensor:
+        """Sequence-first ``[Q, 1, C]`` queries, :meth:`project_memory`'s keys and values,
+        ``blocked [Q, N]`` (True = masked)."""
+        attn = self.multihead_attn
+        w_q, _, _ = attn.in_proj_weight.chunk(3)
+        b_q, _, _ = attn.in_proj_bias.chunk(3)
+        q = self._heads(F.linear(queries + query_pos, w_q, b_q))
+        bias = torch.zeros_like(blocked, dtype=q.dtype).masked_fill_(blocked, float("-inf"))
+        attended = F.scaled_dot_product_attention(q, *keys_values, bias[None, None],
+                                                  attn.dropout if self.training else 0.0)
+        attended = attended.permute(2, 0, 1, 3).contiguous().view(queries.shape[0], queries.shape[2])
+        attended = F.linear(attended, attn.out_proj.weight, attn.out_proj.bias).view(queries.shape)
         return self.norm(queries + self.dropout(attended))
 
 
@@ -278,6 +305,7 @@ class Mask3D(nn.Module):
                                                         num_levels)
 
         aux_outputs, step_attn_logits = [], []
+        keys_values = {}    # (layer set, level): the memory's keys and values, shared by the decoder passes
         for decoder_pass in range(cfg.num_decoders):
             layer_set = 0 if cfg.shared_decoder else decoder_pass
             for i, level in enumerate(cfg.hlevels):
@@ -291,9 +319,11 @@ class Mask3D(nn.Module):
                 step_attn_logits.append(pooled)
                 blocked = pooled.sigmoid() < 0.5                  # [N_level, Q]
                 blocked[:, blocked.all(0)] = False                # a fully blocked query sees every key
-                memory = self.lin_squeeze[layer_set][i](level_feats[level][:, None])
-                queries = self.cross_attention[layer_set][i](
-                    queries, memory, blocked.T, level_pe[level].to(memory.dtype), query_pos)
+                cross_attention = self.cross_attention[layer_set][i]
+                if (layer_set, i) not in keys_values:
+                    memory = self.lin_squeeze[layer_set][i](level_feats[level][:, None])
+                    keys_values[layer_set, i] = cross_attention.project_memory(memory, level_pe[level].to(memory.dtype))
+                queries = cross_attention(queries, keys_values[layer_set, i], blocked.T, query_pos)
                 queries = self.self_attention[layer_set][i](queries, query_pos)
                 queries = self.ffn_attention[layer_set][i](queries)
                 aux_outputs.append(prediction)

@@ -187,9 +187,22 @@ def test_blocked_keys_do_not_reach_the_query():
     blocked[:, 5:] = True
     changed = memory.clone()
     changed[5:] += 100.0
-    a = layer(queries, memory, blocked, pos, torch.zeros_like(queries))
-    b = layer(queries, changed, blocked, pos, torch.zeros_like(queries))
+    a = layer(queries, layer.project_memory(memory, pos), blocked, torch.zeros_like(queries))
+    b = layer(queries, layer.project_memory(changed, pos), blocked, torch.zeros_like(queries))
     torch.testing.assert_close(a, b)
+
+
+def test_cross_attention_is_multihead_attention_op_for_op():
+    """Projecting the memory once gives nn.MultiheadAttention's result bit for bit."""
+    torch.manual_seed(1)
+    layer = CrossAttentionLayer(32, 8, 0.0).eval()
+    queries, query_pos = torch.randn(6, 1, 32), torch.randn(6, 1, 32)
+    memory, key_pos = torch.randn(50, 1, 32), torch.randn(50, 1, 32)
+    blocked = torch.rand(6, 50) < 0.5
+    attended = layer.multihead_attn(queries + query_pos, memory + key_pos, memory, attn_mask=blocked,
+                                    need_weights=False)[0]
+    expected = layer.norm(queries + attended)
+    assert torch.equal(layer(queries, layer.project_memory(memory, key_pos), blocked, query_pos), expected)
 
 
 def test_one_segment_per_voxel_equals_voxel_masks(tiny_model):
