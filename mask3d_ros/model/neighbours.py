@@ -17,6 +17,7 @@ torch's), and graph components through scipy; on a GPU the same functions use to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -146,9 +147,31 @@ def _cell_size(xyz: Tensor, radius: float) -> float:
     return float(radius) * (1 + 1e-6) + float(xyz.abs().max()) * 2 ** -20
 
 
-def radius_pairs(xyz: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class VoxelPairs:
+    """Every unordered pair of voxels whose integer coordinates differ by at most ``reach`` on each
+    axis, ``(first[e], second[e])``: a stride-1 kernel map the backbone already built (its 5x5x5
+    input convolution: reach 2). ``coords [N, 3]`` are the voxels' coordinates and ``voxel_size``
+    the grid they were quantised on."""
+
+    first: Tensor
+    second: Tensor
+    coords: Tensor
+    voxel_size: float
+    reach: int
+
+
+def radius_pairs(xyz: Tensor, radius: float, voxels: VoxelPairs | None = None) -> tuple[Tensor, Tensor]:
     """Every unordered pair of points at most ``radius`` apart, ``(i, j)`` with ``i < j`` ``[E]`` each
-    (the pairs of ``cKDTree(xyz).query_pairs(radius)``, in another order). ``xyz [N, 3]``."""
+    (the pairs of ``cKDTree(xyz).query_pairs(radius)``, in another order). ``xyz [N, 3]``.
+
+    With ``voxels`` whose coordinates are these points' (each point the representative of its
+    voxel) and a radius within their reach, the voxel pairs are the candidates and no grid is built
+    (:func:`_voxel_radius_pairs`)."""
+    if voxels is not None:
+        pairs = _voxel_radius_pairs(xyz, radius, voxels)
+        if pairs is not None:
+            return pairs
     device = xyz.device
     if len(xyz) < 2:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
@@ -167,6 +190,39 @@ def radius_pairs(xyz: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     keep = flat_nonzero(((a < b) | (owner >= len(cells))) & within(sorted_xyz, a, b, radius))
     first = order.index_select(0, a.index_select(0, keep))
     second = order.index_select(0, b.index_select(0, keep))
+    return torch.minimum(first, second), torch.maximum(first, second)
+
+
+def _voxel_radius_pairs(xyz: Tensor, radius: float, voxels: VoxelPairs) -> tuple[Tensor, Tensor] | None:
+    """:func:`radius_pairs` among ``voxels``' pairs, or None where they cannot hold every pair.
+
+    A point's voxel is ``floor(s)`` with ``s = xyz / voxel_size`` divided in float32, checked here.
+    Two points within ``radius`` have ``|s_p - s_q| <= limit`` on every axis, ``limit`` being
+    ``radius / voxel_size`` plus the rounding of both quotients; with ``limit < reach + 1`` their
+    voxels are more than ``reach`` apart on an axis only if ``s_p - s_q`` there exceeds ``reach``,
+    which puts both points within ``limit - reach`` of a voxel face. Such pairs (a handful of
+    points in a scene) are found by the grid search among the points that close to a face.
+    """
+    if xyz.dtype != torch.float32 or voxels.coords.shape != xyz.shape or len(xyz) < 2:
+        return None
+    scaled = xyz / torch.tensor(voxels.voxel_size, dtype=torch.float32, device=xyz.device)
+    cells = torch.floor(scaled)
+    if not torch.equal(cells.long(), voxels.coords.long()):
+        return None     # not these points' voxels
+    # float64 bounds with slack: each quotient is within 2^-24 of exact, the radius test within 1e-15
+    limit = (float(radius) * (1 + 1e-9) + 2 ** -23 * float(xyz.abs().max())) / float(np.float32(voxels.voxel_size))
+    gap = limit - voxels.reach + 1e-9
+    if gap >= 0.5:
+        return None     # the radius reaches past the voxel pairs
+    inside = flat_nonzero(within(xyz, voxels.first, voxels.second, radius))
+    first, second = voxels.first.index_select(0, inside), voxels.second.index_select(0, inside)
+    fraction = scaled - cells
+    near_face = flat_nonzero(((fraction < gap) | (fraction > 1 - gap)).any(1))
+    if len(near_face) > 1:
+        a, b = radius_pairs(xyz.index_select(0, near_face), radius)
+        a, b = near_face.index_select(0, a), near_face.index_select(0, b)
+        apart = (voxels.coords.index_select(0, a) - voxels.coords.index_select(0, b)).abs().amax(1) > voxels.reach
+        first, second = torch.cat([first, a[apart]]), torch.cat([second, b[apart]])
     return torch.minimum(first, second), torch.maximum(first, second)
 
 

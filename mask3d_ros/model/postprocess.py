@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mask3d_ros.model.neighbours import (
+    VoxelPairs,
     cartesian_pairs,
     masked_components,
     on_host,
@@ -58,7 +59,8 @@ def smooth_mask_logits(mask_logits: Tensor, voxel_xyz, voxel_rgb, radius: float,
     return smoothing_graph(voxel_xyz, voxel_rgb, radius, color_sigma, mask_logits.device) @ mask_logits.float()
 
 
-def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, device=None) -> Tensor:
+def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, device=None,
+                    voxel_pairs: VoxelPairs | None = None) -> Tensor:
     """The row-normalised ``[N_vox, N_vox]`` sparse CSR matrix that smooths mask logits (columns).
 
     A small model's masks are speckled at the voxel scale: single voxels inside an object flip to
@@ -66,10 +68,11 @@ def smoothing_graph(voxel_xyz, voxel_rgb, radius: float, color_sigma: float, dev
     ``radius`` metres, itself included), with weights ``exp(-|rgb_a - rgb_b|^2 / 2 sigma^2)`` (rgb in
     [0, 1]) that stop at colour edges, makes masks follow surfaces, like one mean-field step of a
     dense CRF with an appearance kernel. Built once per scene; one sparse product smooths any set of
-    masks. ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255 (arrays or tensors).
+    masks. ``voxel_xyz [N_vox, 3]``; ``voxel_rgb [N_vox, 3]`` in 0..255 (arrays or tensors);
+    ``voxel_pairs``: the backbone's neighbouring voxels, which spare the radius search its grid.
     """
     size = len(voxel_xyz)
-    first, second = radius_pairs(torch.as_tensor(voxel_xyz, device=device), radius)
+    first, second = radius_pairs(torch.as_tensor(voxel_xyz, device=device), radius, voxel_pairs)
     colour = (torch.as_tensor(voxel_rgb, device=device).float() / 255.0).T.contiguous()   # [3, N]
     weight = torch.exp(squared_distances(colour, first, second) / (-2 * color_sigma ** 2))
     every = torch.arange(size, device=device)

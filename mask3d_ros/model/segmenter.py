@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mask3d_ros.model import postprocess
 from mask3d_ros.model.checkpoint import Checkpoint, check_config, load_weights, read_checkpoint
 from mask3d_ros.model.decoder import Mask3D
+from mask3d_ros.model.neighbours import VoxelPairs
 from mask3d_ros.model.presets import Preset, get_preset, preset_from_description
 from mask3d_ros.model.results import VoxelSegmentation
+from mask3d_ros.model.sparse import CoordinateManager
 from mask3d_ros.model.voxel import voxel_mean, voxelize
 
 MODES = ("instance", "semantic", "panoptic")
@@ -74,6 +77,15 @@ def _resolve_preset(preset: str | Preset | None, checkpoint: Checkpoint | None) 
     if checkpoint is not None:
         check_config(checkpoint.state_dict, preset.model, f"preset {preset.name!r}")
     return preset
+
+
+def _voxel_pairs(manager: CoordinateManager, coords: Tensor, voxel_size: float) -> VoxelPairs | None:
+    """The neighbouring voxels the backbone's widest stride-1 convolution already found (None: none)."""
+    widest = manager.widest_kernel_map(1)
+    if widest is None:
+        return None
+    kernel_size, pairs = widest
+    return VoxelPairs(*pairs.unordered_pairs(), coords, voxel_size, kernel_size // 2)
 
 
 class Segmenter:
@@ -170,7 +182,8 @@ class Segmenter:
                 out = self.model.decode([level.feats for level in levels], levels[-1].manager.avg_pool,
                                         coords_t, voxel_xyz_t, fps_idx=fps_idx, aux_masks=False)
             with self._timed(timings, "post"):
-                result = self._postprocess(out, voxel_xyz, rgb, inverse_map)
+                result = self._postprocess(out, voxel_xyz, rgb, inverse_map, _voxel_pairs(levels[-1].manager, coords_t,
+                                                                                         self.preset.voxel_size))
         timings["total"] = (time.perf_counter() - begin) * 1e3
         result.timings_ms = timings
         if not return_raw:
@@ -181,8 +194,8 @@ class Segmenter:
                "pred_masks": out["pred_masks"].float().cpu().numpy()}
         return result, raw
 
-    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, rgb: np.ndarray,
-                     inverse_map: np.ndarray) -> VoxelSegmentation:
+    def _postprocess(self, out: dict, voxel_xyz: np.ndarray, rgb: np.ndarray, inverse_map: np.ndarray,
+                     voxel_pairs: VoxelPairs | None = None) -> VoxelSegmentation:
         preset = self.preset
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
         voxel_xyz = torch.from_numpy(voxel_xyz).to(masks.device)     # neighbour searches run on the model's device
@@ -190,7 +203,7 @@ class Segmenter:
         if preset.smooth_radius:    # on each voxel's mean colour: steadier than its one representative point's
             voxel_rgb = voxel_mean(rgb, inverse_map, len(voxel_xyz))
             smoothing = postprocess.smoothing_graph(voxel_xyz, voxel_rgb, preset.smooth_radius,
-                                                    preset.smooth_color_sigma, masks.device)
+                                                    preset.smooth_color_sigma, masks.device, voxel_pairs)
         common = {"class_to_label": preset.class_to_label, "inverse_map": inverse_map}
         if self.mode != "instance" and smoothing is not None:     # instance smooths only the masks it splits
             masks = smoothing @ masks

@@ -65,6 +65,14 @@ class PairMap:
     def transposed(self) -> PairMap:
         return PairMap(self.out_rows, self.in_rows, self.bounds, self.num_out, self.num_in, self.identity)
 
+    def unordered_pairs(self) -> tuple[Tensor, Tensor]:
+        """Each unordered pair of distinct rows once, ``(in_rows, out_rows)`` ``[E]``: the groups before
+        the centre of a stride-1 :meth:`CoordinateManager.kernel_map` (the rest are the same swapped)."""
+        if self.identity is None:
+            raise ValueError("only a stride-1 kernel map pairs rows symmetrically")
+        half = self.bounds[self.identity][0]
+        return self.in_rows[:half], self.out_rows[:half]
+
     @property
     def num_pairs(self) -> int:
         return self.in_rows.shape[0] + (self.num_out if self.identity is not None else 0)
@@ -249,6 +257,11 @@ class CoordinateManager:
         if cache_key not in self._kernel_maps:
             self._kernel_maps[cache_key] = self._build_kernel_map(kernel_size, stride)
         return self._kernel_maps[cache_key]
+
+    def widest_kernel_map(self, stride: int) -> tuple[int, PairMap] | None:
+        """The largest kernel size whose map at ``stride`` is already built, and that map (None: none is)."""
+        built = [size for size, at in self._kernel_maps if at == stride]
+        return (max(built), self._kernel_maps[max(built), stride]) if built else None
 
     def _build_kernel_map(self, kernel_size: int, stride: int) -> PairMap:
         """Search only the offsets before the centre: offset -d's pairs are offset d's, swapped."""

@@ -1,4 +1,6 @@
 """Instance, semantic and panoptic readings of hand-built decoder outputs."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from scipy.spatial import cKDTree
 from mask3d_ros.data.datasets import load_mosd
 from mask3d_ros.model import neighbours, postprocess
 from mask3d_ros.model.files import bundled_checkpoint
-from mask3d_ros.model.neighbours import radius_pairs
+from mask3d_ros.model.neighbours import VoxelPairs, cartesian_pairs, radius_pairs
 from mask3d_ros.model.postprocess import (
     DenseMasks,
     MaskRows,
@@ -23,7 +25,8 @@ from mask3d_ros.model.postprocess import (
     smoothing_graph,
 )
 from mask3d_ros.model.segmenter import Segmenter
-from mask3d_ros.model.voxel import voxel_mean
+from mask3d_ros.model.sparse import CoordinateManager
+from mask3d_ros.model.voxel import voxel_mean, voxelize
 
 
 def logits_for(probabilities) -> torch.Tensor:
@@ -267,6 +270,50 @@ def test_the_grid_matches_the_kd_tree_on_random_scenes(seed):
     rgb = np.random.default_rng(seed).integers(0, 256, xyz.shape).astype(np.uint8)
     torch.testing.assert_close(smooth_mask_logits(masks, xyz, rgb, 0.03, 0.1),
                                reference_smooth(masks, xyz, rgb, 0.03, 0.1), rtol=1e-5, atol=1e-5)
+
+
+def kd_tree_pairs(xyz: np.ndarray, radius: float) -> set:
+    return set(map(tuple, np.sort(cKDTree(xyz).query_pairs(radius, output_type="ndarray"), 1).tolist()))
+
+
+def voxel_pairs_of(xyz: np.ndarray, voxel_size: float, kernel_size: int = 5) -> tuple[np.ndarray, VoxelPairs]:
+    """One representative point per voxel and the pairs of a stride-1 kernel map over the voxels."""
+    coords, first, _ = voxelize(xyz, voxel_size)
+    kernel_map = CoordinateManager(torch.from_numpy(coords)).kernel_map(kernel_size, 1)
+    return xyz[first], VoxelPairs(*kernel_map.unordered_pairs(), torch.from_numpy(coords), voxel_size,
+                                  kernel_size // 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_radius_pairs_among_the_backbones_voxel_pairs_are_the_kd_trees(seed):
+    """Candidates from a 5x5x5 kernel map (reach 2 voxels) give every pair within 2 voxel sizes,
+    including the pair whose float32 quotients put it 3 voxels apart though it is within the radius."""
+    rng = np.random.default_rng(seed)
+    voxel = 0.015
+    edge = np.float32(voxel)   # 0.014999999 / 0.015 rounds to just below 1: voxel 0
+    across = np.float32(0.044999998)   # its quotient rounds up to 3.0: voxel 3, yet 0.02999999933 from `edge`
+    xyz = np.concatenate([rng.uniform(-0.4, 0.4, (3000, 3)), [[np.nextafter(edge, 0), 0.5, 0.5], [across, 0.5, 0.5]]])
+    xyz = xyz.astype(np.float32)
+    points, voxels = voxel_pairs_of(xyz, voxel)
+    assert np.floor(points[-2:, 0] / np.float32(voxel)).tolist() == [0, 3]
+    first, second = radius_pairs(torch.from_numpy(points), 2 * voxel, voxels)
+    found = set(zip(first.tolist(), second.tolist()))
+    assert found == kd_tree_pairs(points, 2 * voxel)
+    assert (len(points) - 2, len(points) - 1) in found
+    assert (first < second).all()
+
+
+def test_voxel_pairs_that_cannot_hold_every_pair_are_not_used(monkeypatch):
+    """A radius beyond the pairs' reach, or coordinates that are not the points' voxels: grid search."""
+    xyz = np.random.default_rng(5).uniform(-0.3, 0.3, (2000, 3)).astype(np.float32)
+    points, voxels = voxel_pairs_of(xyz, 0.015, kernel_size=3)
+    searched = []
+    monkeypatch.setattr(neighbours, "cartesian_pairs", lambda *a: searched.append(1) or cartesian_pairs(*a))
+    for radius, pairs in ((0.015, voxels), (0.03, voxels), (0.015, replace(voxels, coords=voxels.coords + 1))):
+        searched.clear()
+        first, second = radius_pairs(torch.from_numpy(points), radius, pairs)
+        assert set(zip(first.tolist(), second.tolist())) == kd_tree_pairs(points, radius)
+        assert bool(searched) == (pairs is not voxels or radius > 0.015), "grid search only when needed"
 
 
 @pytest.mark.parametrize("table", [True, False], ids=["table", "search"])

@@ -264,3 +264,22 @@ def test_inference_mode_float32():
     with torch.inference_mode():
         out = conv(x.replace(x.feats.detach().float()))
     assert out.feats.dtype == torch.float32 and not out.feats.requires_grad
+
+
+def test_unordered_pairs_and_the_widest_built_kernel_map():
+    coords = torch.randint(0, 6, (120, 3), generator=torch.Generator().manual_seed(2))
+    manager = CoordinateManager(torch.unique(coords, dim=0))
+    assert manager.widest_kernel_map(1) is None, "nothing built yet"
+    small, wide = manager.kernel_map(3, 1), manager.kernel_map(5, 1)
+    manager.kernel_map(3, 2)
+    assert manager.widest_kernel_map(1) == (5, wide)
+    first, second = wide.unordered_pairs()
+    both = set(zip(wide.in_rows.tolist(), wide.out_rows.tolist()))
+    once = set(zip(first.tolist(), second.tolist()))
+    assert len(once) == len(first) and both == once | {(b, a) for a, b in once}, "each pair once, the rest swapped"
+    coords = manager.coords(1)
+    apart = (coords[first] - coords[second]).abs().amax(1)
+    assert ((apart >= 1) & (apart <= 2)).all()
+    with pytest.raises(ValueError, match="stride-1"):
+        manager.down_map(1).unordered_pairs()
+    assert small.unordered_pairs()[0].numel() < first.numel()
