@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mask3d_ros.model.neighbours import sort_with_order, unique_inverse
+
 # Largest dense key -> row table, in grid cells per voxel (int32 cells: 256 bytes per voxel).
 _DENSE_CELLS_PER_VOXEL = 64
 # Largest neighbourhood matrix `[N_out, K * C_in]` (floats) built for a one-GEMM convolution, and the
@@ -94,6 +96,11 @@ class PairMap:
         return self._table[0]
 
 
+def _log2(stride: int) -> int:
+    """log2 of a power-of-two stride: integer coordinates divide by it as an arithmetic shift (floor)."""
+    return stride.bit_length() - 1
+
+
 def _group_bounds(counts: list[int]) -> tuple[tuple[int, int], ...]:
     ends = torch.tensor(counts).cumsum(0).tolist()
     return tuple((end - count, end) for end, count in zip(ends, counts))
@@ -108,12 +115,13 @@ class _Grid:
 
     def __init__(self, stride: int, lo: Tensor, hi: Tensor):
         self.stride = stride
-        self.lo = torch.div(lo, stride, rounding_mode="floor") - _MAX_RADIUS
-        self.dims = torch.div(hi, stride, rounding_mode="floor") + _MAX_RADIUS - self.lo + 1
+        self.shift = _log2(stride)
+        self.lo = (lo >> self.shift) - _MAX_RADIUS
+        self.dims = (hi >> self.shift) + _MAX_RADIUS - self.lo + 1
 
     def keys(self, coords: Tensor) -> Tensor:
         """Keys of stride-1-unit coordinates `[..., 3]` (multiples of the stride)."""
-        g = torch.div(coords, self.stride, rounding_mode="floor") - self.lo
+        g = (coords >> self.shift) - self.lo
         return (g[..., 0] * self.dims[1] + g[..., 1]) * self.dims[2] + g[..., 2]
 
     def offset_keys(self, offsets: Tensor) -> Tensor:
@@ -142,7 +150,7 @@ class _Level:
             self.sorted_keys = self.order = None
         else:
             self.table = None
-            self.sorted_keys, self.order = torch.sort(self.keys)
+            self.sorted_keys, self.order = sort_with_order(self.keys)
 
     def has_duplicates(self) -> bool:
         if self.table is not None:
@@ -204,11 +212,13 @@ class CoordinateManager:
     def _build_parent_level(self, stride: int) -> None:
         """Create stride 2s from stride s: parents sorted by key, and each child's parent row/bit."""
         child = self._level(stride).coords
-        parent_of_child = torch.div(child, 2 * stride, rounding_mode="floor") * (2 * stride)
-        bits = torch.div(child - parent_of_child, stride, rounding_mode="floor")
+        shift = _log2(stride)
+        parent_of_child = (child >> (shift + 1)) << (shift + 1)
+        bits = (child >> shift) & 1
         child_bits = bits[:, 0] + 2 * bits[:, 1] + 4 * bits[:, 2]
         grid = self._grid(2 * stride)
-        _, parent_rows, counts = torch.unique(grid.keys(parent_of_child), return_inverse=True, return_counts=True)
+        parents, parent_rows = unique_inverse(grid.keys(parent_of_child))
+        counts = torch.bincount(parent_rows, minlength=len(parents))
         parent_coords = parent_of_child.new_empty((counts.shape[0], 3)).index_copy_(0, parent_rows, parent_of_child)
         self._levels[2 * stride] = _Level(parent_coords, grid)
         self._parents[stride] = (parent_rows, child_bits)
@@ -222,7 +232,7 @@ class CoordinateManager:
         """Row index at `stride` of each coordinate `[M, 3]`; raises if one is not a voxel of that stride."""
         level = self._level(stride)
         coords = coords.to(torch.int64)
-        lo = torch.div(self._lo, stride, rounding_mode="floor") * stride
+        lo = (self._lo >> _log2(stride)) << _log2(stride)
         inside = ((coords >= lo) & (coords <= self._hi) & (coords % stride == 0)).all(1)
         rows, found = level.lookup(level.grid.keys(torch.minimum(torch.maximum(coords, lo), self._hi)))
         found &= inside  # clamped outside coordinates could alias a border voxel
@@ -255,7 +265,11 @@ class CoordinateManager:
             raise ValueError(f"kernel maps need an odd kernel size <= {2 * _MAX_RADIUS + 1}, got {kernel_size}")
         cache_key = (kernel_size, stride)
         if cache_key not in self._kernel_maps:
-            self._kernel_maps[cache_key] = self._build_kernel_map(kernel_size, stride)
+            widest = self.widest_kernel_map(stride)
+            if widest is not None and widest[0] > kernel_size:
+                self._kernel_maps[cache_key] = _inner_kernel_map(*widest, kernel_size)
+            else:
+                self._kernel_maps[cache_key] = self._build_kernel_map(kernel_size, stride)
         return self._kernel_maps[cache_key]
 
     def widest_kernel_map(self, stride: int) -> tuple[int, PairMap] | None:
@@ -289,7 +303,7 @@ class CoordinateManager:
         """
         if stride not in self._down_maps:
             parent_rows, child_bits = self.parents(stride)
-            children = torch.argsort(child_bits, stable=True)
+            children = sort_with_order(child_bits)[1]
             counts = torch.bincount(child_bits, minlength=8).tolist()
             self._down_maps[stride] = PairMap(
                 in_rows=children,
@@ -299,6 +313,18 @@ class CoordinateManager:
                 num_out=self.num_rows(2 * stride),
             )
         return self._down_maps[stride]
+
+
+def _inner_kernel_map(wide_size: int, wide: PairMap, kernel_size: int) -> PairMap:
+    """The `kernel_size`^3 map cut out of a wider one at the same stride: its offsets' groups, in its
+    own kernel order. Offsets before the centre are the same in both orders, so every group holds the
+    same pairs in the same order as :meth:`CoordinateManager._build_kernel_map` would give."""
+    wide_index = {offset: k for k, offset in enumerate(map(tuple, kernel_offsets(wide_size).tolist()))}
+    groups = [wide.bounds[wide_index[offset]] for offset in map(tuple, kernel_offsets(kernel_size).tolist())]
+    in_rows = torch.cat([wide.in_rows[start:end] for start, end in groups])
+    out_rows = torch.cat([wide.out_rows[start:end] for start, end in groups])
+    return PairMap(in_rows, out_rows, _group_bounds([end - start for start, end in groups]), wide.num_in,
+                   wide.num_out, len(groups) // 2)
 
 
 class SparseTensor:

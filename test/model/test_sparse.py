@@ -283,3 +283,13 @@ def test_unordered_pairs_and_the_widest_built_kernel_map():
     with pytest.raises(ValueError, match="stride-1"):
         manager.down_map(1).unordered_pairs()
     assert small.unordered_pairs()[0].numel() < first.numel()
+
+
+def test_a_kernel_map_cut_from_a_wider_one_is_the_searched_one(lookup):
+    coords = random_cloud(3)
+    cut = CoordinateManager(coords)
+    cut.kernel_map(5, 1)
+    searched = CoordinateManager(coords).kernel_map(3, 1)
+    derived = cut.kernel_map(3, 1)
+    assert derived.bounds == searched.bounds and derived.identity == searched.identity
+    assert torch.equal(derived.in_rows, searched.in_rows) and torch.equal(derived.out_rows, searched.out_rows)
