@@ -182,8 +182,8 @@ class Segmenter:
                 out = self.model.decode([level.feats for level in levels], levels[-1].manager.avg_pool,
                                         coords_t, voxel_xyz_t, fps_idx=fps_idx, aux_masks=False)
             with self._timed(timings, "post"):
-                result = self._postprocess(out, voxel_xyz, rgb, inverse_map, _voxel_pairs(levels[-1].manager, coords_t,
-                                                                                         self.preset.voxel_size))
+                neighbours = _voxel_pairs(levels[-1].manager, coords_t, self.preset.voxel_size)
+                result = self._postprocess(out, voxel_xyz, rgb, inverse_map, neighbours)
         timings["total"] = (time.perf_counter() - begin) * 1e3
         result.timings_ms = timings
         if not return_raw:
