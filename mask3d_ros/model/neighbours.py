@@ -263,12 +263,15 @@ def lookup(sorted_keys: Tensor, targets: Tensor) -> Tensor:
     return torch.where(sorted_keys.index_select(0, found) == targets, found, -1)
 
 
+_INDEX_TYPES = ((torch.int16, np.int16), (torch.int32, np.int32), (torch.int64, np.int64))
+
+
 def dense_lookup(keys: Tensor, targets: Tensor, bound: int) -> Tensor:
     """:func:`lookup` through a table of ``bound`` entries, in the narrowest integer type that holds
     ``len(keys)`` (filling the table costs most): keys and targets lie in ``[0, bound)``."""
-    dtype = next(t for t in (torch.int16, torch.int32, torch.int64) if len(keys) < torch.iinfo(t).max)
+    dtype, np_dtype = next(types for types in _INDEX_TYPES if len(keys) < torch.iinfo(types[0]).max)
     if on_host(keys):
-        table = np.full(bound, -1, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        table = np.full(bound, -1, dtype=np_dtype)
         table[keys.numpy()] = np.arange(len(keys), dtype=table.dtype)
         return torch.from_numpy(np.take(table, targets.numpy()))
     table = torch.full((bound,), -1, dtype=dtype, device=keys.device)

@@ -258,6 +258,10 @@ def random_scene(seed: int, blobs: int = 8, per_blob: int = 300, queries: int = 
     return xyz, masks
 
 
+def kd_tree_pairs(xyz: np.ndarray, radius: float) -> set:
+    return set(map(tuple, np.sort(cKDTree(xyz).query_pairs(radius, output_type="ndarray"), 1).tolist()))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_grid_matches_the_kd_tree_on_random_scenes(seed):
     xyz, masks = random_scene(seed)
@@ -265,15 +269,10 @@ def test_the_grid_matches_the_kd_tree_on_random_scenes(seed):
         assert_same_split(masks, xyz, eps)
     for radius in (0.01, 0.03, 0.1):
         first, second = radius_pairs(torch.from_numpy(xyz), radius)
-        expected = cKDTree(xyz).query_pairs(radius, output_type="ndarray")
-        assert set(zip(first.tolist(), second.tolist())) == set(map(tuple, np.sort(expected, 1).tolist()))
+        assert set(zip(first.tolist(), second.tolist())) == kd_tree_pairs(xyz, radius)
     rgb = np.random.default_rng(seed).integers(0, 256, xyz.shape).astype(np.uint8)
     torch.testing.assert_close(smooth_mask_logits(masks, xyz, rgb, 0.03, 0.1),
                                reference_smooth(masks, xyz, rgb, 0.03, 0.1), rtol=1e-5, atol=1e-5)
-
-
-def kd_tree_pairs(xyz: np.ndarray, radius: float) -> set:
-    return set(map(tuple, np.sort(cKDTree(xyz).query_pairs(radius, output_type="ndarray"), 1).tolist()))
 
 
 def voxel_pairs_of(xyz: np.ndarray, voxel_size: float, kernel_size: int = 5) -> tuple[np.ndarray, VoxelPairs]:
@@ -323,7 +322,7 @@ def test_cell_lookups_by_table_and_by_search_find_the_same_neighbours(table, mon
     monkeypatch.setattr(neighbours, "DENSE_TABLE_MIN", 2 ** 40 if table else 0)
     monkeypatch.setattr(neighbours, "DENSE_TABLE_PER_KEY", 0)
     xyz, masks = random_scene(7, blobs=4, per_blob=200)
-    expected = set(map(tuple, np.sort(cKDTree(xyz).query_pairs(0.04, output_type="ndarray"), 1).tolist()))
+    expected = kd_tree_pairs(xyz, 0.04)
     for host in (True, False):
         monkeypatch.setattr(neighbours, "HOST_LIBRARIES", host)
         assert set(zip(*map(torch.Tensor.tolist, radius_pairs(torch.from_numpy(xyz), 0.04)))) == expected
@@ -466,6 +465,6 @@ def test_the_torch_code_a_gpu_runs_gives_the_same_result_on_the_cpu(monkeypatch)
         results.append(instance_inference(logits, masks, topk=20, dbscan_eps=0.05, voxel_xyz=xyz,
                                           smoothing=graph, duplicate_iou=0.5))
         assert sorted(zip(*map(torch.Tensor.tolist, radius_pairs(torch.from_numpy(xyz), 0.05)))) == \
-            sorted(map(tuple, np.sort(cKDTree(xyz).query_pairs(0.05, output_type="ndarray"), 1).tolist()))
+            sorted(kd_tree_pairs(xyz, 0.05))
     np.testing.assert_array_equal(results[0].masks, results[1].masks)
     np.testing.assert_allclose(results[0].scores, results[1].scores, rtol=1e-5)
