@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 
 import numpy as np
@@ -176,6 +177,8 @@ class Harness:
                          if executor_type is MultiThreadedExecutor else executor_type(context=self.context))
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
+        self.spin_error: str | None = None  # how spinning ended early, if it did (close() raises it)
+        self._closing = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._publishers = {}
@@ -183,8 +186,9 @@ class Harness:
     def _spin(self):
         try:
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races
-            pass
+        except Exception as error:  # noqa: BLE001 - reported by close(), unless shutdown raced it
+            if not self._closing:
+                self.spin_error = "".join(traceback.format_exception(error))
 
     def subscribe(self, msg_type, topic: str, qos=None) -> Inbox:
         inbox = Inbox()
@@ -225,12 +229,29 @@ class Harness:
         wait_for(lambda: self.node.worker.wait_idle(0.05), what="the inference worker to go idle")
 
     def close(self):
+        """Shut everything down; AssertionError if the executor stopped spinning before (an exception
+        escaped a callback or the executor itself, which would stop a node process too)."""
+        self._closing = True
         self.node.shutdown(1.0)
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.client.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(2.0)
+        if self.spin_error is not None:
+            raise AssertionError(f"the executor stopped spinning before the test ended:\n{self.spin_error}")
+
+
+def close_all(harnesses: list[Harness]) -> None:
+    """Close every harness (a fixture's teardown), then raise the first close() error."""
+    errors = []
+    for h in harnesses:
+        try:
+            h.close()
+        except AssertionError as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 def interrupt(process, within_s: float = 2.0) -> tuple[float, str]:

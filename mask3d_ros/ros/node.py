@@ -22,6 +22,7 @@ or ``python -m mask3d_ros.node --ros-args ...``.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import difflib
 import os
@@ -40,7 +41,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -508,9 +509,23 @@ class Mask3DNode(Node):
             return
         with self._pending_lock:  # never waits for data: a cloud without its pose yet is queued
             self._settle(self.pending_poses.offer(frame, stamp_ns, (xyz, rgb), self.config["pose_timeout"]))
+            timer = self._pending_timer
+            if self.pending_poses.waiting and timer is not None and timer.is_canceled():
+                timer.reset()
 
     def _on_pending_timer(self) -> None:
+        """Retry the waiting clouds; the timer stops itself once none waits.
+
+        Only this callback cancels the timer. A MultiThreadedExecutor takes a timer it found ready
+        in a pool thread, later; cancelled from another callback in between (the odometry that
+        released the last cloud), the take raises "timer is canceled" and stops the executor. The
+        odometry callback and ~/reset only ever empty the queue, so they leave the timer to stop
+        here on its next tick; the cloud callback restarts it, and only when it is stopped."""
         self._retry_pending()
+        timer = self._pending_timer
+        if not self.pending_poses.waiting and timer is not None:
+            with contextlib.suppress(InvalidHandle):  # destroyed meanwhile by a lifecycle transition
+                timer.cancel()
 
     def _retry_pending(self) -> None:
         """Retry the clouds waiting for their pose (odometry arrived, or the retry timer)."""
@@ -522,28 +537,19 @@ class Mask3DNode(Node):
 
     def _settle(self, outcomes: list[PoseOutcome]) -> None:
         """Caller holds ``_pending_lock``. Accumulate the clouds whose pose came, count the others,
-        in arrival order; run the retry timer only while a cloud still waits."""
-        try:
-            for outcome in outcomes:
-                try:
-                    if outcome.error is None:
-                        self._accumulate(outcome.frame_id, outcome.stamp_ns, *outcome.item, outcome.pose)
-                    elif isinstance(outcome.error, PoseUnavailable):
-                        failures = self.counters.add("pose_failures")
-                        self.get_logger().warn(f"cloud skipped, no pose: {outcome.error} [{failures} skipped so far]",
-                                               throttle_duration_sec=THROTTLE_S)
-                    else:
-                        raise outcome.error
-                except Exception as error:  # noqa: BLE001 - one cloud's bug must not lose the others
-                    self._internal_error(error)
-        finally:
-            timer = self._pending_timer
-            if timer is not None:
-                if self.pending_poses.waiting:
-                    if timer.is_canceled():
-                        timer.reset()
-                elif not timer.is_canceled():
-                    timer.cancel()
+        in arrival order."""
+        for outcome in outcomes:
+            try:
+                if outcome.error is None:
+                    self._accumulate(outcome.frame_id, outcome.stamp_ns, *outcome.item, outcome.pose)
+                elif isinstance(outcome.error, PoseUnavailable):
+                    failures = self.counters.add("pose_failures")
+                    self.get_logger().warn(f"cloud skipped, no pose: {outcome.error} [{failures} skipped so far]",
+                                           throttle_duration_sec=THROTTLE_S)
+                else:
+                    raise outcome.error
+            except Exception as error:  # noqa: BLE001 - one cloud's bug must not lose the others
+                self._internal_error(error)
 
     def _accumulate(self, frame: str, stamp_ns: int, xyz: np.ndarray, rgb: np.ndarray, pose: np.ndarray) -> None:
         log = self.get_logger()
@@ -677,7 +683,6 @@ class Mask3DNode(Node):
                 dropped = self.map.num_points
                 self.map.reset()
                 self._reset_generation += 1
-            self._settle([])
         self.worker.clear()
         self.worker.run_in_worker(self._reset_outputs)  # after a running inference, whose result is discarded
         response.success = True

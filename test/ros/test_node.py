@@ -18,7 +18,7 @@ from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from ros_harness import FakeModel, Harness, cloud_msg, stamp, wait_for
+from ros_harness import FakeModel, Harness, close_all, cloud_msg, stamp, wait_for
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 from scipy.spatial import cKDTree
@@ -53,8 +53,7 @@ def harness_factory():
         return h
 
     yield make
-    for h in made:
-        h.close()
+    close_all(made)
 
 
 # --- checks shared by the tests ------------------------------------------------------------

@@ -7,6 +7,8 @@ ROS graph (tests/ros_harness.py), under the executor ``mask3d_node`` uses and un
 MultiThreadedExecutor. Nothing here asserts on speed."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from nav_msgs.msg import Odometry
@@ -14,10 +16,11 @@ from rcl_interfaces.msg import Log
 from rcl_interfaces.srv import GetParameters
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import QoSProfile
-from ros_harness import Harness, cloud_msg, stamp, wait_for
+from ros_harness import Harness, close_all, cloud_msg, stamp, wait_for
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
+from mask3d_ros.ros.node import PENDING_POSE_RETRY_S
 from mask3d_ros.ros.poses import NS_PER_S, PendingPoses, PoseUnavailable, stamp_to_ns
 
 # --- PendingPoses, no ROS --------------------------------------------------------------------
@@ -108,8 +111,7 @@ def harness_factory():
         return h
 
     yield make
-    for h in made:
-        h.close()
+    close_all(made)
 
 
 def odometry(t_s: float, x: float = 0.0) -> Odometry:
@@ -160,6 +162,29 @@ def test_a_cloud_before_its_odometry_is_added_when_the_odometry_comes(harness_fa
              what="the output of the newest cloud")
     assert clouds.last.header.frame_id == "odom" and waiting(h) == 0
     assert h.node.counters["pose_failures"] == 0 and h.node.map.num_frames == 2
+
+
+def test_odometry_releasing_clouds_while_the_retry_timer_fires_never_stops_a_multithreaded_executor(
+        harness_factory):
+    """Under a MultiThreadedExecutor the retry timer, found ready, is taken in a pool thread; the
+    odometry callback may release the last waiting cloud meanwhile. Cancelling the timer there made
+    the take raise "timer is canceled", which stops the executor (close() reports it). The race is
+    timing-dependent: many rounds, each a cloud that waits about a retry period for its odometry."""
+    h = harness_factory({"pose_timeout": 10.0, "trigger.mode": "on_demand", "accumulation.max_frames": 1},
+                        executor_type=MultiThreadedExecutor)
+    rng = np.random.default_rng(0)
+    publish_odometry(h, 10.95)
+    rounds = 60
+    for k in range(rounds):
+        t = 11.0 + 0.1 * k
+        h.publish_cloud_and_wait(table_cloud(t))
+        time.sleep(rng.uniform(0.5, 1.5) * PENDING_POSE_RETRY_S)  # the timer fires about now
+        publish_odometry(h, t + 0.05)
+        wait_for(lambda k=k: h.node.counters["clouds_accumulated"] == k + 1, what=f"cloud {k} to be added")
+    wait_for(h.node._pending_timer.is_canceled, what="the retry timer to stop once no cloud waits")
+    answer = h.call(GetParameters, "/mask3d/get_parameters", GetParameters.Request(names=["pose_timeout"]))
+    assert answer.values[0].double_value == 10.0 and h.spin_error is None
+    assert h.node.counters["pose_failures"] == 0 and h.node.counters["cloud_errors"] == 0
 
 
 @pytest.mark.parametrize("executor_type", EXECUTORS)

@@ -12,7 +12,7 @@ from conftest import require_overlay
 from geometry_msgs.msg import TransformStamped
 from rcl_interfaces.msg import Log
 from rclpy.qos import QoSProfile
-from ros_harness import Harness, cloud_msg, stamp, wait_for
+from ros_harness import Harness, close_all, cloud_msg, stamp, wait_for
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import PointCloud2
@@ -59,8 +59,7 @@ def harness():
         return h
 
     yield make
-    for h in made:
-        h.close()
+    close_all(made)
 
 
 def grid_points(n: int = 400, seed: int = 0) -> np.ndarray:

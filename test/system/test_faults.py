@@ -22,7 +22,7 @@ from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import Log
 from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile
-from ros_harness import FakeModel, Harness, Inbox, cloud_msg, interrupt, spun_node, stamp, wait_for
+from ros_harness import FakeModel, Harness, Inbox, close_all, cloud_msg, interrupt, spun_node, stamp, wait_for
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
@@ -45,8 +45,7 @@ def harness_factory():
         return h
 
     yield make
-    for h in made:
-        h.close()
+    close_all(made)
 
 
 def table_cloud(t_s: float, frame: str = "camera") -> PointCloud2:
