@@ -30,6 +30,39 @@ TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 
 
 
+class Spinner:
+    """Spins ``executor`` in a daemon thread. An exception that ends ``spin()`` before
+    :meth:`shutdown` (one escaping a callback or the executor itself, which would stop a node
+    process too) is kept, and :meth:`join` raises it."""
+
+    def __init__(self, executor):
+        self.executor = executor
+        self.error: str | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception as error:  # noqa: BLE001 - join() reports it, unless shutdown raced it
+            if not self._stopping:
+                self.error = "".join(traceback.format_exception(error))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def shutdown(self):
+        self._stopping = True
+        self.executor.shutdown(timeout_sec=2.0)
+
+    def join(self):
+        self._thread.join(2.0)
+        if self.error is not None:
+            raise AssertionError(f"the executor stopped spinning before the test ended:\n{self.error}")
+
+
 @contextmanager
 def spun_node(name: str, executor_type=None):
     """A node in its own rclpy context, spun by ``executor_type`` in a background thread."""
@@ -38,15 +71,15 @@ def spun_node(name: str, executor_type=None):
     node = rclpy.create_node(name, context=context)
     executor = (executor_type or SingleThreadedExecutor)(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = Spinner(executor)
     try:
         yield node
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        spinner.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
-        spinner.join(2.0)
+        spinner.join()
+
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
     deadline = time.monotonic() + timeout
@@ -177,18 +210,8 @@ class Harness:
                          if executor_type is MultiThreadedExecutor else executor_type(context=self.context))
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
-        self.spin_error: str | None = None  # how spinning ended early, if it did (close() raises it)
-        self._closing = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self.spinner = Spinner(self.executor)
         self._publishers = {}
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception as error:  # noqa: BLE001 - reported by close(), unless shutdown raced it
-            if not self._closing:
-                self.spin_error = "".join(traceback.format_exception(error))
 
     def subscribe(self, msg_type, topic: str, qos=None) -> Inbox:
         inbox = Inbox()
@@ -229,17 +252,13 @@ class Harness:
         wait_for(lambda: self.node.worker.wait_idle(0.05), what="the inference worker to go idle")
 
     def close(self):
-        """Shut everything down; AssertionError if the executor stopped spinning before (an exception
-        escaped a callback or the executor itself, which would stop a node process too)."""
-        self._closing = True
+        """Shut everything down; AssertionError if the executor stopped spinning before (see Spinner)."""
         self.node.shutdown(1.0)
-        self.executor.shutdown(timeout_sec=2.0)
+        self.spinner.shutdown()
         self.node.destroy_node()
         self.client.destroy_node()
         rclpy.shutdown(context=self.context)
-        self._thread.join(2.0)
-        if self.spin_error is not None:
-            raise AssertionError(f"the executor stopped spinning before the test ended:\n{self.spin_error}")
+        self.spinner.join()
 
 
 def close_all(harnesses: list[Harness]) -> None:

@@ -183,7 +183,7 @@ def test_odometry_releasing_clouds_while_the_retry_timer_fires_never_stops_a_mul
         wait_for(lambda k=k: h.node.counters["clouds_accumulated"] == k + 1, what=f"cloud {k} to be added")
     wait_for(h.node._pending_timer.is_canceled, what="the retry timer to stop once no cloud waits")
     answer = h.call(GetParameters, "/mask3d/get_parameters", GetParameters.Request(names=["pose_timeout"]))
-    assert answer.values[0].double_value == 10.0 and h.spin_error is None
+    assert answer.values[0].double_value == 10.0 and h.spinner.error is None
     assert h.node.counters["pose_failures"] == 0 and h.node.counters["cloud_errors"] == 0
 
 

@@ -184,14 +184,14 @@ REJECTIONS = ("malformed_clouds", "empty_clouds")
 
 def send(h: Harness, msg: PointCloud2) -> dict[str, int]:
     """Publish one message with a fresh stamp; the node's counter changes once it has handled it."""
-    assert h._thread.is_alive(), "the node's executor died on an earlier message"
+    assert h.spinner.alive, f"the node's executor died on an earlier message:\n{h.spinner.error}"
     h.next_t += 0.01
     msg.header.stamp = stamp(h.next_t)
     before = h.node.counters.snapshot()
     outputs = len(h.labeled)
     h.publish(msg)
     wait_for(lambda: h.node.counters["clouds_received"] > before.get("clouds_received", 0),
-             what=f"the node to take the cloud (alive: {h._thread.is_alive()})")
+             what=f"the node to take the cloud (alive: {h.spinner.alive})")
     keys = REJECTIONS + ("clouds_accumulated",)
     wait_for(lambda: sum(h.node.counters[k] - before.get(k, 0) for k in keys) >= 1, what="the cloud's outcome")
     h.wait_idle()
@@ -206,7 +206,7 @@ def check_case(h: Harness, case: Case) -> str:
     delta = send(h, case.msg)
     outcome = [k for k in REJECTIONS + ("clouds_accumulated",) if delta.get(k)]
     assert len(outcome) == 1 and delta[outcome[0]] == 1, (outcome, delta)
-    assert h._thread.is_alive() and h.node.worker.alive
+    assert h.spinner.alive and h.node.worker.alive
     if case.broken is not None or case.xyz is None:
         assert outcome == ["malformed_clouds"], f"{case}: {delta}"
         return outcome[0]
