@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 
 import numpy as np
@@ -25,42 +24,10 @@ from mask3d_ros.model.results import PointSegmentation
 from mask3d_ros.ros.cloud import create_cloud
 from mask3d_ros.ros.node import Mask3DNode
 from mask3d_ros.ros.poses import NS_PER_S
+from mask3d_ros.tools.harness import Spinner
 
 TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 
-
-
-class Spinner:
-    """Spins ``executor`` in a daemon thread. An exception that ends ``spin()`` before
-    :meth:`shutdown` (one escaping a callback or the executor itself, which would stop a node
-    process too) is kept, and :meth:`join` raises it."""
-
-    def __init__(self, executor):
-        self.executor = executor
-        self.error: str | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception as error:  # noqa: BLE001 - join() reports it, unless shutdown raced it
-            if not self._stopping:
-                self.error = "".join(traceback.format_exception(error))
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def shutdown(self):
-        self._stopping = True
-        self.executor.shutdown(timeout_sec=2.0)
-
-    def join(self):
-        self._thread.join(2.0)
-        if self.error is not None:
-            raise AssertionError(f"the executor stopped spinning before the test ended:\n{self.error}")
 
 
 @contextmanager
@@ -252,7 +219,7 @@ class Harness:
         wait_for(lambda: self.node.worker.wait_idle(0.05), what="the inference worker to go idle")
 
     def close(self):
-        """Shut everything down; AssertionError if the executor stopped spinning before (see Spinner)."""
+        """Shut everything down; RuntimeError if the executor stopped spinning before (see Spinner)."""
         self.node.shutdown(1.0)
         self.spinner.shutdown()
         self.node.destroy_node()
@@ -267,7 +234,7 @@ def close_all(harnesses: list[Harness]) -> None:
     for h in harnesses:
         try:
             h.close()
-        except AssertionError as error:
+        except Exception as error:  # noqa: BLE001 - the rest are closed first, then it is raised
             errors.append(error)
     if errors:
         raise errors[0]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -75,6 +76,40 @@ def fastdds_profile() -> str | None:
     return os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
 
 
+class Spinner:
+    """Spins ``executor`` in a daemon thread. An exception that ends ``spin()`` before
+    :meth:`shutdown` (one escaping a callback or the executor itself stops it for good) is kept,
+    and :meth:`join` raises it, so a graph that stopped answering says why."""
+
+    def __init__(self, executor):
+        self.executor = executor
+        self.error: str | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception as error:  # noqa: BLE001 - join() reports it, unless shutdown raced it
+            if not self._stopping:
+                self.error = "".join(traceback.format_exception(error))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self.executor.shutdown(timeout_sec=2.0)
+
+    def join(self) -> None:
+        """Wait for the thread (2 s at most); RuntimeError if spinning ended early."""
+        self._thread.join(2.0)
+        if self.error is not None:
+            raise RuntimeError(f"the executor stopped spinning early:\n{self.error}")
+
+
 @contextmanager
 def spun_graph(name: str) -> Iterator:
     """A node of this process named ``name``, in an rclpy context of its own, spun by a
@@ -90,15 +125,14 @@ def spun_graph(name: str) -> Iterator:
     node = rclpy.create_node(name, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = Spinner(executor)
     try:
         yield node
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        spinner.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        spinner.join(2.0)
+        spinner.join()
 
 
 # --- the node's command line --------------------------------------------------------------------

@@ -269,6 +269,7 @@ class BagRecorder:
         self._unrecordable: set[str] = set()
         self._lock = threading.Lock()  # the writer: callbacks may run on several executor threads
         self._discover_lock = threading.Lock()  # discovery runs on the timer and in wait_until_subscribed
+        self._closed = False
         self._writer = BagWriter(bag_path, storage)
         self._subscriptions = []
         self._started_s = time.monotonic()
@@ -287,6 +288,8 @@ class BagRecorder:
             return self._discover()
 
     def _discover(self) -> bool:
+        if self._closed:
+            return False
         types_by_topic = dict(self.node.get_topic_names_and_types())
         for topic in self.topics:
             if topic in self.subscribed or topic in self._unrecordable or topic not in types_by_topic:
@@ -339,12 +342,18 @@ class BagRecorder:
                 self.finished.set()
 
     def close(self) -> dict[str, int]:
-        """Stop recording and write the bag's index and metadata; returns the count per topic."""
+        """Stop recording and write the bag's index and metadata; returns the count per topic.
+
+        Safe while the discovery timer runs in the executor's thread: it waits for a discovery in
+        progress, and none starts afterwards (one adding a topic to the closed writer would raise in
+        the executor and stop it)."""
         self.finished.set()
-        self.node.destroy_timer(self._timer)
-        for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
-        self._subscriptions.clear()
+        with self._discover_lock:
+            self._closed = True
+            self.node.destroy_timer(self._timer)
+            for subscription in self._subscriptions:
+                self.node.destroy_subscription(subscription)
+            self._subscriptions.clear()
         with self._lock:
             self._writer.close()
             return dict(self._writer.counts)

@@ -43,6 +43,7 @@ from mask3d_ros.tools.bag import (
     stamp_ns,
     write_bag,
 )
+from mask3d_ros.tools.harness import Spinner
 from mask3d_ros.tools.replay import BagPlayer, BagRecorder, Timeline, parse_remaps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -241,7 +242,6 @@ def ros_context():
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = MultiThreadedExecutor(context=context)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
     nodes = []
 
     def make_node(name, spin=True):
@@ -251,12 +251,13 @@ def ros_context():
             executor.add_node(node)
         return node
 
-    spinner.start()
+    spinner = Spinner(executor)
     yield make_node
-    executor.shutdown()
+    spinner.shutdown()
     for node in nodes:
         node.destroy_node()
     rclpy.shutdown(context=context)
+    spinner.join()      # fails the test if a callback's exception stopped the executor
 
 
 def wait_for(condition, timeout_s=10.0):
@@ -353,6 +354,43 @@ def test_recorder_captures_what_publishers_send(ros_context, tmp_path):
     assert texts == [f"hello {i}" for i in range(5)]
     (latched_message,) = read_messages(tmp_path / "rec", ["/latched"])
     assert deserialize_rclpy(latched_message.data, latched_message.msgtype).data == "sent before the recorder existed"
+
+
+@pytest.mark.ros
+def test_close_waits_for_a_discovery_in_progress(ros_context, tmp_path):
+    """close() from the caller's thread while discovery runs in the executor's: the discovery ends
+    first, and none adds a topic to the closed bag (which raised in the executor and stopped it)."""
+    node = ros_context("recorder", spin=False)     # discovery is driven by hand here, not by the timer
+    recorder = BagRecorder(node, tmp_path / "rec", ["/late"])
+    node.create_publisher(String, "/late", 10)
+    entered, release, errors, closed = threading.Event(), threading.Event(), [], []
+    graph = node.get_topic_names_and_types
+
+    def slow_graph():
+        entered.set()
+        release.wait(10.0)
+        return graph()
+
+    def discover():
+        try:
+            recorder.discover()
+        except Exception as error:  # noqa: BLE001 - the assertion below shows it
+            errors.append(error)
+
+    node.get_topic_names_and_types = slow_graph
+    discovering = threading.Thread(target=discover)
+    discovering.start()
+    assert entered.wait(10.0)
+    closing = threading.Thread(target=lambda: closed.append(recorder.close()))
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive(), "close() waits for the discovery in progress"
+    release.set()
+    discovering.join(10.0)
+    closing.join(10.0)
+    assert errors == [] and len(closed) == 1 and recorder.subscribed == {"/late": "std_msgs/msg/String"}
+    assert "/late" in bag_info(tmp_path / "rec").topics
+    assert recorder.discover() is False, "no discovery after close()"
 
 
 def run_module(module: str, *args: str, **popen) -> subprocess.Popen:

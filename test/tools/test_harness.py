@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import SingleThreadedExecutor
 
 from mask3d_ros.ros.node import NODE_NAME
 from mask3d_ros.tools import harness
@@ -144,3 +146,35 @@ def test_kept_ids_counts_objects_that_kept_their_instance_id():
 
 def test_default_domain_id_is_in_the_safe_range():
     assert 1 <= harness.default_domain_id() <= 101
+
+
+def test_spinner_reports_the_exception_that_stopped_spinning():
+    """A callback's exception ends rclpy's spin() for good; the Spinner keeps it and join() raises
+    it, where a bare spinning thread would leave a graph that silently stopped answering."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("spinner_test", context=context)
+    def fail():
+        raise ValueError("boom in a callback")
+
+    try:
+        node.create_timer(0.01, fail)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        spinner = harness.Spinner(executor)
+        deadline = time.monotonic() + 10.0
+        while spinner.alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not spinner.alive
+        spinner.shutdown()
+        with pytest.raises(RuntimeError, match="(?s)stopped spinning early.*boom in a callback"):
+            spinner.join()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_spinner_shut_down_normally_raises_nothing():
+    with harness.spun_graph("spinner_quiet") as node:
+        node.create_timer(0.01, lambda: None)
+        time.sleep(0.05)
