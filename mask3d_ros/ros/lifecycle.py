@@ -122,6 +122,16 @@ class Mask3DLifecycleNode(plain.Mask3DNode, LifecycleNode):
         self.worker = None
         self.model.release()
 
+    def destroy_node(self) -> None:
+        """Destroy the node now, its lifecycle state machine included.
+
+        rclpy's LifecycleNode leaves the state machine, which holds the rcl node, to the garbage
+        collector, so the node (and the DDS participant of its context) outlived ``destroy_node``
+        until some later collection. Finalised then, at an arbitrary moment in any thread, Fast DDS's
+        participant teardown can spin forever against another participant's discovery traffic."""
+        super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
+
     def _release_configuration(self) -> None:
         """Undo configure: the map, the pose source (odometry subscription, TF listener), the model."""
         with self._map_lock:

@@ -3,11 +3,13 @@ loads the model but subscribes to nothing, activate starts the pipeline, deactiv
 releases the model, cleanup releases the map; a bad parameter fails configure, not the process."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from ros_harness import FakeModel, Harness, cloud_msg, wait_for
+from ros_harness import FakeModel, Harness, cloud_msg, spun_node, wait_for
 from sensor_msgs.msg import PointCloud2
 
 from mask3d_ros.ros.lifecycle import Mask3DLifecycleNode
@@ -86,3 +88,21 @@ def test_bad_parameter_fails_configure_and_keeps_the_node_unconfigured():
         assert h.client.count_subscribers("/points") == 0
     finally:
         h.close()
+
+
+def test_destroy_node_leaves_no_node_in_the_graph_for_the_garbage_collector():
+    """rclpy's LifecycleNode keeps the rcl node alive in its state machine until a garbage
+    collection; finalised then, at an arbitrary moment, Fast DDS's participant teardown was seen to
+    spin for good against another participant's discovery. After destroy_node the node is gone
+    from the graph with the collector off."""
+    with spun_node("lifecycle_observer") as observer:
+        gc.disable()
+        try:
+            h = Harness(BASE, model=FakeModel(), node_class=Mask3DLifecycleNode,
+                        name="mask3d_destroyed")
+            wait_for(lambda: "mask3d_destroyed" in observer.get_node_names(), what="the node in the graph")
+            h.close()
+            wait_for(lambda: "mask3d_destroyed" not in observer.get_node_names(),
+                     what="the destroyed node to leave the graph")
+        finally:
+            gc.enable()
