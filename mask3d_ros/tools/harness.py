@@ -3,7 +3,8 @@
 Shared by ``mask3d-ros-demo``, ``mask3d-ros-soak``, the latency rows of ``mask3d-ros-bench`` and
 the end-to-end tests: ROS isolation (:func:`isolate_ros`), the node's command line
 (:func:`node_command`, :func:`node_parameters`) and process (:class:`NodeProcess`), its output
-topics and pipeline diagnostics, and a spun node of our own (:func:`spun_graph`).
+topics and pipeline diagnostics, and a spun node of our own (:func:`spun_graph`, through
+:class:`Spinner`, which reports an executor that stopped early).
 """
 from __future__ import annotations
 

@@ -100,8 +100,10 @@ def test_destroy_node_leaves_no_node_in_the_graph_for_the_garbage_collector():
         try:
             h = Harness(BASE, model=FakeModel(), node_class=Mask3DLifecycleNode,
                         name="mask3d_destroyed")
-            wait_for(lambda: "mask3d_destroyed" in observer.get_node_names(), what="the node in the graph")
-            h.close()
+            try:
+                wait_for(lambda: "mask3d_destroyed" in observer.get_node_names(), what="the node in the graph")
+            finally:
+                h.close()
             wait_for(lambda: "mask3d_destroyed" not in observer.get_node_names(),
                      what="the destroyed node to leave the graph")
         finally:

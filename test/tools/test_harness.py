@@ -151,12 +151,12 @@ def test_default_domain_id_is_in_the_safe_range():
 def test_spinner_reports_the_exception_that_stopped_spinning():
     """A callback's exception ends rclpy's spin() for good; the Spinner keeps it and join() raises
     it, where a bare spinning thread would leave a graph that silently stopped answering."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("spinner_test", context=context)
     def fail():
         raise ValueError("boom in a callback")
 
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("spinner_test", context=context)
     try:
         node.create_timer(0.01, fail)
         executor = SingleThreadedExecutor(context=context)
