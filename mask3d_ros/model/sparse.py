@@ -21,16 +21,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mask3d_ros.model.neighbours import sort_with_order, unique_inverse
+from mask3d_ros.model.neighbours import flat_nonzero, on_host, sort_with_order, unique_inverse
 
 # Largest dense key -> row table, in grid cells per voxel (int32 cells: 256 bytes per voxel).
 _DENSE_CELLS_PER_VOXEL = 64
-# Largest neighbourhood matrix `[N_out, K * C_in]` (floats) built for a one-GEMM convolution, and the
-# smallest share of its entries that must be real neighbours (the rest multiply zeros).
+# Largest neighbourhood matrix `[N_out, K * C_in]` (floats) built for a one-GEMM convolution.
 _NEIGHBOURHOOD_GEMM_LIMIT = 2 ** 22
+# The fixed cost of one kernel offset's gather, product and scatter, in multiply-adds (on a 2-vCPU
+# Xeon: about 25 us, while a gathered GEMM runs about 20 G multiply-adds a second).
+_OFFSET_COST_MACS = 2 ** 19
+# None: choose per map; "gemm" or "groups" forces one way (tests run both).
+CONV_PATH: str | None = None
 # Grid padding (in voxels of the stride) around the bounding box, so that `key + offset_key` of
 # every neighbour query up to this radius stays inside the key range and never aliases.
 _MAX_RADIUS = 3
@@ -85,10 +90,15 @@ class PairMap:
         if not self._table:
             kernels = len(self.bounds)
             device = self.in_rows.device
-            table = torch.full((self.num_out * kernels,), self.num_in, dtype=torch.int64, device=device)
             sizes = torch.tensor([end - start for start, end in self.bounds], device=device)
             kernel = torch.repeat_interleave(torch.arange(kernels, device=device), sizes)
-            table.index_copy_(0, self.out_rows * kernels + kernel, self.in_rows)
+            if on_host(self.in_rows):    # numpy's scatter: several times faster than index_copy_
+                table = np.full(self.num_out * kernels, self.num_in, dtype=np.int64)
+                table[(self.out_rows * kernels + kernel).numpy()] = self.in_rows.numpy()
+                table = torch.from_numpy(table)
+            else:
+                table = torch.full((self.num_out * kernels,), self.num_in, dtype=torch.int64, device=device)
+                table.index_copy_(0, self.out_rows * kernels + kernel, self.in_rows)
             table = table.view(self.num_out, kernels)
             if self.identity is not None:
                 table[:, self.identity] = torch.arange(self.num_out, device=device)
@@ -166,7 +176,10 @@ class _Level:
     def lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
         """Rows holding `keys` (any shape, inside the padded grid; int32 or int64) and a mask of which exist."""
         if self.table is not None:
-            rows = self.table[keys]
+            if on_host(keys):       # numpy's gather: several times faster than torch's indexing here
+                rows = torch.from_numpy(np.take(self.table.numpy(), keys.numpy()))
+            else:
+                rows = self.table[keys]
             return rows, rows >= 0
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=self.sorted_keys.numel() - 1)
         found = self.sorted_keys[pos] == keys
@@ -285,7 +298,7 @@ class CoordinateManager:
         query_rows, query_keys = level.queries()
         num_rows = query_keys.numel()
         neighbour_rows, found = level.lookup(query_keys[None, :] + level.grid.offset_keys(offsets[:centre])[:, None])
-        flat = found.view(-1).nonzero().squeeze(1)  # (offset, query) order: grouped by offset
+        flat = flat_nonzero(found.view(-1))  # (offset, query) order: grouped by offset
         counts = found.sum(1).tolist()
         half = flat.numel()
         in_rows = torch.empty(2 * half, dtype=torch.int64, device=self.device)
@@ -378,18 +391,29 @@ def avg_pool(x: SparseTensor) -> SparseTensor:
     return x.replace(x.manager.avg_pool(x.feats, x.stride), stride=2 * x.stride)
 
 
+def _one_gemm(pairs: PairMap, in_channels: int, out_channels: int) -> bool:
+    """Whether the one-GEMM convolution beats the offset-by-offset one: its products with missing
+    neighbours (zero rows) cost less than the offsets' fixed costs, within the memory limit."""
+    if CONV_PATH is not None:
+        return CONV_PATH == "gemm"
+    entries = pairs.num_out * len(pairs.bounds)
+    if entries * in_channels > _NEIGHBOURHOOD_GEMM_LIMIT:
+        return False
+    offsets = sum(end > start for start, end in pairs.bounds)
+    return (entries - pairs.num_pairs) * in_channels * out_channels <= offsets * _OFFSET_COST_MACS
+
+
 def _gather_mm_scatter(feats: Tensor, weight: Tensor, pairs: PairMap) -> Tensor:
     """`out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k]`.
 
-    Small, dense enough maps (the coarse levels, the thin input layer) gather each output's whole
-    neighbourhood into one row and run one GEMM: three ops instead of three per kernel offset,
-    whose fixed cost dominates there. Otherwise group by group, with one gather buffer and one
+    Where :func:`_one_gemm` says so (the coarse levels, the thin input layer), each output's whole
+    neighbourhood is gathered into one row for one GEMM: three ops instead of three per kernel
+    offset, whose fixed cost dominates there. Otherwise group by group, with one gather buffer and one
     product buffer, sized for the largest group, reused by every group: fresh large tensors cost
     more in page faults than the GEMMs themselves on CPU.
     """
     kernels = len(pairs.bounds)
-    if pairs.num_out * kernels * feats.shape[1] <= _NEIGHBOURHOOD_GEMM_LIMIT and \
-            4 * pairs.num_pairs >= pairs.num_out * kernels:
+    if _one_gemm(pairs, feats.shape[1], weight.shape[2]):
         padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
         gathered = padded.index_select(0, pairs.neighbour_table().view(-1)).view(pairs.num_out, -1)
         return gathered @ weight.reshape(kernels * weight.shape[1], weight.shape[2])

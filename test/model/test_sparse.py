@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mask3d_ros.model import sparse
+from mask3d_ros.model import neighbours, sparse
 from mask3d_ros.model.sparse import (
     CoordinateManager,
     SparseBatchNorm,
@@ -20,11 +20,22 @@ GRID_ORIGIN = -16  # a multiple of every stride tested, so dense stride-2 window
 GRID_SIZE = 32
 
 
-@pytest.fixture(params=["dense-table", "binary-search"])
+@pytest.fixture(params=["dense-table", "binary-search", "dense-table-torch"])
 def lookup(request, monkeypatch):
-    """Run a test with both neighbour indexes (small test clouds get the dense table by default)."""
+    """Run a test with both neighbour indexes (small test clouds get the dense table by default),
+    and the dense table through torch's ops as on a GPU (numpy's on the CPU otherwise)."""
     if request.param == "binary-search":
         monkeypatch.setattr(sparse, "_DENSE_CELLS_PER_VOXEL", 0)
+    if request.param == "dense-table-torch":
+        monkeypatch.setattr(neighbours, "HOST_LIBRARIES", False)
+    return request.param
+
+
+@pytest.fixture(params=["gemm", "groups"])
+def conv_path(request, monkeypatch):
+    """Run a test with each way of computing a convolution: one GEMM over gathered
+    neighbourhoods, and a gather, product and scatter per kernel offset."""
+    monkeypatch.setattr(sparse, "CONV_PATH", request.param)
     return request.param
 
 
@@ -155,7 +166,7 @@ def test_maps_are_cached_per_stride():
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_submanifold_conv_matches_dense_conv3d(stride, kernel_size, lookup):
+def test_submanifold_conv_matches_dense_conv3d(stride, kernel_size, lookup, conv_path):
     x = make_input(seed=stride + kernel_size, stride=stride, channels=4)
     conv = SparseConv(4, 5, kernel_size).double()
     out = conv(x)
@@ -168,7 +179,7 @@ def test_submanifold_conv_matches_dense_conv3d(stride, kernel_size, lookup):
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])
-def test_strided_conv_matches_dense_conv3d(stride):
+def test_strided_conv_matches_dense_conv3d(stride, conv_path):
     x = make_input(seed=10 + stride, stride=stride, channels=3)
     conv = SparseConv(3, 4, kernel_size=2, stride=2).double()
     out = conv(x)
@@ -180,7 +191,7 @@ def test_strided_conv_matches_dense_conv3d(stride):
 
 
 @pytest.mark.parametrize("stride", [2, 4, 8, 16])
-def test_transposed_conv_matches_dense_and_lands_on_existing_rows(stride):
+def test_transposed_conv_matches_dense_and_lands_on_existing_rows(stride, conv_path):
     x = make_input(seed=20 + stride, stride=stride, channels=3)
     conv = SparseConvTranspose(3, 4, kernel_size=2, stride=2).double()
     out = conv(x)
@@ -233,7 +244,7 @@ def test_cat_keeps_order_and_batch_norm_is_stored_as_bn():
         cat([x, avg_pool(x)])
 
 
-def test_gradcheck_of_the_sparse_function():
+def test_gradcheck_of_the_sparse_function(conv_path):
     x = make_input(seed=60, stride=1, channels=2, num_points=30)
     conv = SparseConv(2, 3, 3).double()
     pairs = x.manager.kernel_map(3, 1)
@@ -256,6 +267,21 @@ def test_results_do_not_depend_on_input_row_order(lookup):
     out = run(SparseTensor(feats, coords))
     out_permuted = run(SparseTensor(feats[permutation], coords[permutation]))
     torch.testing.assert_close(out_permuted.feats, out.feats[permutation], rtol=1e-12, atol=1e-12)
+
+
+def test_the_cheaper_convolution_is_chosen_per_map():
+    """One GEMM where the products with missing neighbours cost less than a gather, product and
+    scatter per offset (a thin input layer, small coarse maps); per offset for wide channels over
+    sparse neighbourhoods, and where the gathered neighbourhoods would exceed the memory limit."""
+    x, y = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    manager = CoordinateManager(torch.stack([x.flatten(), y.flatten(), torch.zeros(48 * 48, dtype=torch.int64)], 1))
+    wide = manager.kernel_map(5, 1)
+    assert wide.num_pairs < 0.25 * wide.num_out * 125, "a surface: a fifth of the neighbourhood at most"
+    assert sparse._one_gemm(wide, 3, 16), "the input layer: 125 offsets of 3 channels"
+    assert not sparse._one_gemm(wide, 64, 64)
+    assert not sparse._one_gemm(wide, sparse._NEIGHBOURHOOD_GEMM_LIMIT // (wide.num_out * 125) + 1, 1)
+    coarse = manager.kernel_map(3, 8)
+    assert sparse._one_gemm(coarse, 16, 16)
 
 
 def test_inference_mode_float32():
