@@ -31,8 +31,8 @@ from mask3d_ros.model.neighbours import flat_nonzero, on_host, sort_with_order, 
 _DENSE_CELLS_PER_VOXEL = 64
 # Largest neighbourhood matrix `[N_out, K * C_in]` (floats) built for a one-GEMM convolution.
 _NEIGHBOURHOOD_GEMM_LIMIT = 2 ** 22
-# The fixed cost of one kernel offset's gather, product and scatter, in multiply-adds (on a 2-vCPU
-# Xeon: about 25 us, while a gathered GEMM runs about 20 G multiply-adds a second).
+# The fixed cost of one kernel offset's gather, product and scatter, as the multiply-adds of a
+# gathered GEMM that take as long (calibrated on the development VM; figures in this line's commit).
 _OFFSET_COST_MACS = 2 ** 19
 # None: choose per map; "gemm" or "groups" forces one way (tests run both).
 CONV_PATH: str | None = None
@@ -164,7 +164,8 @@ class _Level:
 
     def has_duplicates(self) -> bool:
         if self.table is not None:
-            return not bool((self.table[self.keys] == torch.arange(self.keys.numel(), device=self.keys.device)).all())
+            rows, _ = self.lookup(self.keys)
+            return not bool((rows == torch.arange(self.keys.numel(), device=self.keys.device)).all())
         return self.sorted_keys.unique_consecutive().numel() != self.sorted_keys.numel()
 
     def queries(self) -> tuple[Tensor, Tensor]:
