@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import rclpy
@@ -28,24 +27,6 @@ from mask3d_ros.tools.harness import Spinner
 
 TIMEOUT = 20.0  # generous: the machine is shared; nothing asserts on speed
 
-
-
-@contextmanager
-def spun_node(name: str, executor_type=None):
-    """A node in its own rclpy context, spun by ``executor_type`` in a background thread."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node(name, context=context)
-    executor = (executor_type or SingleThreadedExecutor)(context=context)
-    executor.add_node(node)
-    spinner = Spinner(executor)
-    try:
-        yield node
-    finally:
-        spinner.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-        spinner.join()
 
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):

@@ -112,19 +112,19 @@ class Spinner:
 
 
 @contextmanager
-def spun_graph(name: str) -> Iterator:
-    """A node of this process named ``name``, in an rclpy context of its own, spun by a
-    single-threaded executor in a background thread; shut down on exit. rclpy's signal handlers
+def spun_graph(name: str, executor_type: type = SingleThreadedExecutor) -> Iterator:
+    """A node of this process named ``name``, in an rclpy context of its own, spun by an
+    ``executor_type`` executor in a background thread; shut down on exit. rclpy's signal handlers
     stay off: Ctrl-C raises KeyboardInterrupt in the caller.
 
-    Single-threaded, as the node's own executor and for the same reason: rclpy's
+    Single-threaded by default, as the node's own executor and for the same reason: rclpy's
     ``MultiThreadedExecutor`` busy-loops while large messages arrive, and a tool that shares the
     cores with the node it measures must not take them from it (the callbacks here only record).
     """
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(name, context=context)
-    executor = SingleThreadedExecutor(context=context)
+    executor = executor_type(context=context)
     executor.add_node(node)
     spinner = Spinner(executor)
     try:

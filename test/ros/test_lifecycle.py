@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from ros_harness import FakeModel, Harness, cloud_msg, spun_node, wait_for
+from ros_harness import FakeModel, Harness, cloud_msg, wait_for
 from sensor_msgs.msg import PointCloud2
 
 from mask3d_ros.ros.lifecycle import Mask3DLifecycleNode
+from mask3d_ros.tools.harness import spun_graph
 
 pytestmark = pytest.mark.ros
 
@@ -95,7 +96,7 @@ def test_destroy_node_leaves_no_node_in_the_graph_for_the_garbage_collector():
     collection; finalised then, at an arbitrary moment, Fast DDS's participant teardown was seen to
     spin for good against another participant's discovery. After destroy_node the node is gone
     from the graph with the collector off."""
-    with spun_node("lifecycle_observer") as observer:
+    with spun_graph("lifecycle_observer") as observer:
         gc.disable()
         try:
             h = Harness(BASE, model=FakeModel(), node_class=Mask3DLifecycleNode,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile
-from ros_harness import Inbox, interrupt, spun_node, stamp, wait_for
+from ros_harness import Inbox, interrupt, stamp, wait_for
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from test_node import check_outputs
@@ -22,6 +22,7 @@ from mask3d_ros.data.pointfile import read_pcd
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.ros.cloud import create_cloud
 from mask3d_ros.ros.poses import NS_PER_S
+from mask3d_ros.tools.harness import spun_graph
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -31,7 +32,7 @@ STARTUP_TIMEOUT = 90.0  # importing torch and building the model on a shared 2-c
 
 @pytest.fixture
 def graph():
-    with spun_node("process_test_client") as node:
+    with spun_graph("process_test_client") as node:
         yield node
 
 

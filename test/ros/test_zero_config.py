@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 from rclpy.qos import QoSProfile
-from ros_harness import Inbox, interrupt, spun_node, stamp, wait_for
+from ros_harness import Inbox, interrupt, stamp, wait_for
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from mask3d_ros.data.pointfile import read_pcd
 from mask3d_ros.msg import InstanceArray
 from mask3d_ros.ros.cloud import create_cloud
+from mask3d_ros.tools.harness import spun_graph
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def test_bare_node_answers_a_real_frame_with_the_bundled_model(entry, tmp_path, 
     frame = read_pcd(mosd_dir / "val" / "test43.pcd")  # mixed objects on a table
     msg = create_cloud(Header(frame_id="kinect_rgb_optical_frame", stamp=stamp(7.0)), frame.points.dtype,
                        frame.grid())
-    with spun_node("zero_config_client") as graph:
+    with spun_graph("zero_config_client") as graph:
         clouds, instances = Inbox(), Inbox()
         graph.create_subscription(PointCloud2, "/mask3d/labeled_cloud", clouds, QoSProfile(depth=2))
         graph.create_subscription(InstanceArray, "/mask3d/instances", instances, QoSProfile(depth=2))

@@ -30,7 +30,6 @@ import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import QoSProfile
-from ros_harness import spun_node
 from sensor_msgs.msg import PointCloud2
 
 from mask3d_ros.evaluation.ap import evaluate
@@ -89,7 +88,7 @@ def model_checkpoint() -> Path:
 @pytest.fixture
 def graph():
     """A node of this process in the test's ROS domain, spun in a background thread."""
-    with spun_node("e2e_test", MultiThreadedExecutor) as node:
+    with harness.spun_graph("e2e_test", MultiThreadedExecutor) as node:
         yield node
 
 

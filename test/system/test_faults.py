@@ -22,12 +22,13 @@ from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import Log
 from rcl_interfaces.srv import GetParameters
 from rclpy.qos import QoSProfile
-from ros_harness import FakeModel, Harness, Inbox, close_all, cloud_msg, interrupt, spun_node, stamp, wait_for
+from ros_harness import FakeModel, Harness, Inbox, close_all, cloud_msg, interrupt, stamp, wait_for
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from mask3d_ros.ros.cloud import create_cloud
 from mask3d_ros.ros.poses import NS_PER_S, stamp_to_ns
+from mask3d_ros.tools.harness import spun_graph
 
 pytestmark = pytest.mark.ros
 
@@ -243,7 +244,7 @@ def large_cloud(t_s: float, points: int = 400_000) -> PointCloud2:
 
 @pytest.mark.slow
 def test_sigint_during_inference_exits_cleanly_within_2_s():
-    with spun_node("sigint_test_client") as graph:
+    with spun_graph("sigint_test_client") as graph:
         diagnostics = Inbox()
         graph.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, QoSProfile(depth=50))
         publisher = graph.create_publisher(PointCloud2, "points", 10)

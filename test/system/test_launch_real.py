@@ -22,7 +22,9 @@ from real_ros import (
     ros_environment,
     unique_name,
 )
-from ros_harness import spun_node, wait_for
+from ros_harness import wait_for
+
+from mask3d_ros.tools.harness import spun_graph
 
 require_overlay(module_level=True)
 
@@ -52,7 +54,7 @@ def launched(env):
 
 @pytest.fixture
 def graph():
-    with spun_node(unique_name("launch_test_client")) as node:
+    with spun_graph(unique_name("launch_test_client")) as node:
         yield node
 
 
